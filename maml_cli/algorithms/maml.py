@@ -1,0 +1,228 @@
+"""MAML and first-order MAML as a pure function of a parameter dict.
+
+Finn, Abbeel & Levine (2017), "Model-Agnostic Meta-Learning for Fast Adaptation of Deep
+Networks", Algorithm 2. For each task ``i`` the inner loop takes ``steps`` gradient steps from the
+shared initialisation ``theta`` on the support set (Eq. 1):
+
+    theta_i' = theta_i - alpha * grad L_support(theta_i),   starting from theta_i = theta,
+
+and the meta-objective is the mean query loss of the adapted parameters (Eq. 6). Its gradient
+with respect to ``theta`` flows through the inner updates: second order when the inner gradients
+are built with ``create_graph=True``; first-order MAML (Sec. 5.2) treats them as constants.
+
+The model is never mutated: every forward pass is ``torch.func.functional_call`` over a dict of
+tensors, so adapted parameters are ordinary tensors in the autograd graph. In the batched
+strategy each parameter is expanded to a leading task dimension and the forward pass runs under
+``torch.func.vmap``; since the task losses are independent, one ``autograd.grad`` of their sum
+with respect to the expanded parameters yields every task's own inner gradient at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from maml_cli.algorithms.task_batching import resolve_task_batching
+from maml_cli.data.tasks import TaskBatch
+
+Params = dict[str, Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class MetaStepOutput:
+    """Per-task losses of one meta-batch, detached (cheap to keep for logging).
+
+    ``loss_before`` is the support loss at the initialisation: the parameters do not depend on the
+    support set yet, so it estimates the pre-adaptation loss without bias and costs no extra
+    forward pass. ``loss_after`` is the query loss after adaptation, the meta-objective.
+    """
+
+    loss_before: Tensor
+    loss_after: Tensor
+
+
+class MAML(nn.Module):
+    """Model-agnostic meta-learning of ``model``'s initialisation.
+
+    Args:
+        model: any ``nn.Module``; its parameters are the meta-learned initialisation.
+        loss: the task loss ``loss(prediction, target) -> scalar`` for one task.
+        steps: inner gradient steps during meta-training.
+        lr: the inner learning rate ``alpha``.
+        first_order: drop second-order terms (first-order MAML).
+        eval_steps: inner steps at validation and evaluation (defaults to ``steps``).
+        task_batching: ``vmap``, ``loop`` or ``auto`` (see :mod:`~maml_cli.algorithms.task_batching`).
+        task_chunk: with ``vmap``, adapt at most this many tasks at once (0 = the whole
+            meta-batch); the meta-gradient is accumulated chunk by chunk to bound memory.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: LossFn,
+        steps: int = 1,
+        lr: float = 0.01,
+        first_order: bool = False,
+        eval_steps: int | None = None,
+        task_batching: str = "auto",
+        task_chunk: int = 0,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+        self.steps = steps
+        self.lr = lr
+        self.first_order = first_order
+        self.eval_steps = steps if eval_steps is None else eval_steps
+        self.task_batching = task_batching
+        self.task_chunk = task_chunk
+
+    # -- the update rule; variants of MAML override these ------------------------------------------
+
+    def inner_update(self, params: Params, grads: Params, step: int) -> Params:
+        """One inner SGD step. Works with or without a leading task dimension."""
+        return {name: w - self.lr * grads[name] for name, w in params.items()}
+
+    # -- forward passes ------------------------------------------------------------------------
+
+    def initial_params(self) -> Params:
+        """The meta-learned initialisation ``theta`` as a dict (the live parameters)."""
+        return dict(self.model.named_parameters())
+
+    def forward_with(self, params: Params, x: Tensor) -> Tensor:
+        """The model's output on one task's inputs with parameters ``params``."""
+        buffers = dict(self.model.named_buffers())
+        return functional_call(self.model, (params, buffers), (x,))
+
+    def batched_forward(self, params: Params, x: Tensor) -> Tensor:
+        """Outputs for every task: ``params`` and ``x`` carry a leading task dimension."""
+        return vmap(self.forward_with)(params, x)
+
+    def _task_losses(self, params: Params, x: Tensor, y: Tensor, batched: bool) -> Tensor:
+        if batched:
+            return vmap(lambda p, xi, yi: self.loss(self.forward_with(p, xi), yi))(params, x, y)
+        return self.loss(self.forward_with(params, x), y)
+
+    # -- adaptation ----------------------------------------------------------------------------
+
+    def strategy(self) -> str:
+        """The task batching in effect, with ``auto`` resolved for the model's device."""
+        device = next(self.model.parameters()).device
+        return resolve_task_batching(self.task_batching, self.model, device)
+
+    def _adapt(
+        self, params: Params, x: Tensor, y: Tensor, steps: int, create_graph: bool, batched: bool
+    ) -> tuple[Params, Tensor]:
+        """Inner loop from ``params``; returns adapted params and the loss before the first step."""
+        fast = params
+        if batched:
+            tasks = x.shape[0]
+            fast = {k: v.unsqueeze(0).expand(tasks, *v.shape) for k, v in params.items()}
+        names = list(fast)
+        loss_before = None
+        for step in range(steps):
+            losses = self._task_losses(fast, x, y, batched)
+            if loss_before is None:
+                loss_before = losses.detach()
+            grads = torch.autograd.grad(
+                losses.sum(),
+                [fast[k] for k in names],
+                create_graph=create_graph,
+                allow_unused=True,
+                materialize_grads=True,
+            )
+            fast = self.inner_update(fast, dict(zip(names, grads)), step)
+        if loss_before is None:
+            with torch.no_grad():
+                loss_before = self._task_losses(fast, x, y, batched)
+        return fast, loss_before
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Params:
+        """Adapt to each task of a batch (``[T, S, ...]``) and return parameters with a task dim.
+
+        This is the deployment path: no meta-gradient is kept, so memory stays flat in ``steps``.
+        """
+        steps = self.eval_steps if steps is None else steps
+        fast = self._detached_task_params(support_x.shape[0])
+        for step in range(steps):
+            fast = self._eval_step(fast, support_x, support_y, step)
+        return {k: v.detach() for k, v in fast.items()}
+
+    def _detached_task_params(self, tasks: int) -> Params:
+        return {
+            k: v.detach().unsqueeze(0).expand(tasks, *v.shape).clone().requires_grad_(True)
+            for k, v in self.initial_params().items()
+        }
+
+    def _eval_step(self, fast: Params, x: Tensor, y: Tensor, step: int) -> Params:
+        with torch.enable_grad():
+            losses = self._task_losses(fast, x, y, batched=True)
+            names = list(fast)
+            grads = torch.autograd.grad(
+                losses.sum(), [fast[k] for k in names], allow_unused=True, materialize_grads=True
+            )
+            new = self.inner_update(fast, dict(zip(names, grads)), step)
+        return {k: v.detach().requires_grad_(True) for k, v in new.items()}
+
+    # -- what the engine calls -----------------------------------------------------------------
+
+    def meta_backward(self, batch: TaskBatch) -> MetaStepOutput:
+        """Accumulate the meta-gradient of the mean query loss into ``.grad`` of the parameters.
+
+        With ``loop`` each task's graph is freed by its own backward pass before the next task
+        starts, so memory holds one task's graph at a time; ``vmap`` does the same per chunk.
+        """
+        num_tasks = batch.num_tasks
+        params = self.initial_params()
+        create_graph = not self.first_order
+        before, after = [], []
+        if self.strategy() == "vmap":
+            chunk = self.task_chunk if self.task_chunk > 0 else num_tasks
+            for start in range(0, num_tasks, chunk):
+                part = batch.slice(start, start + chunk)
+                fast, loss_before = self._adapt(
+                    params, part.support_x, part.support_y, self.steps, create_graph, batched=True
+                )
+                query_losses = self._task_losses(fast, part.query_x, part.query_y, batched=True)
+                (query_losses.sum() / num_tasks).backward()
+                before.append(loss_before)
+                after.append(query_losses.detach())
+        else:
+            for t in range(num_tasks):
+                fast, loss_before = self._adapt(
+                    params, batch.support_x[t], batch.support_y[t], self.steps, create_graph, False
+                )
+                query_loss = self._task_losses(fast, batch.query_x[t], batch.query_y[t], False)
+                (query_loss / num_tasks).backward()
+                before.append(loss_before.reshape(1))
+                after.append(query_loss.detach().reshape(1))
+        return MetaStepOutput(torch.cat(before), torch.cat(after))
+
+    def evaluate(self, batch: TaskBatch, metric: LossFn, steps: int | None = None) -> Tensor:
+        """``metric`` on each task's query set after 0, 1, ..., ``steps`` inner steps.
+
+        Returns a ``[steps + 1, T]`` tensor; row 0 is before adaptation. No meta-gradient is
+        built. Tasks are adapted in chunks of ``task_chunk`` (all at once when 0), or one by one
+        with the ``loop`` strategy.
+        """
+        steps = self.eval_steps if steps is None else steps
+        num_tasks = batch.num_tasks
+        chunk = self.task_chunk if self.task_chunk > 0 else num_tasks
+        if self.strategy() == "loop":
+            chunk = 1
+        score = vmap(lambda p, xi, yi: metric(self.forward_with(p, xi), yi))
+        rows = torch.empty(steps + 1, num_tasks, device=batch.query_x.device)
+        for start in range(0, num_tasks, chunk):
+            part = batch.slice(start, start + chunk)
+            fast = self._detached_task_params(part.num_tasks)
+            for step in range(steps + 1):
+                with torch.no_grad():
+                    rows[step, start : start + part.num_tasks] = score(fast, part.query_x, part.query_y)
+                if step < steps:
+                    fast = self._eval_step(fast, part.support_x, part.support_y, step)
+        return rows

@@ -1,0 +1,105 @@
+"""Sinusoid regression, the toy problem of the MAML paper (Finn et al., 2017, Sec. 5.1).
+
+Each task is ``y = A sin(x - phi)`` with amplitude ``A ~ U[0.1, 5.0]`` and phase
+``phi ~ U[0, pi]``; inputs are ``x ~ U[-5, 5]`` and the loss is mean squared error.
+Tasks are generated directly as tensors on the training device: there is no dataset to load,
+so sampling a meta-batch is a handful of ``torch.rand`` calls.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from maml_cli.data.tasks import TaskBatch
+from maml_cli.errors import ConfigError
+
+# Held-out tasks come from generators seeded apart from the training stream, so validation and
+# test tasks are fixed sets that never coincide with what the model trains on.
+_SPLIT_SEEDS = {"val": 1_000_003, "test": 2_000_003}
+
+
+class SinusoidTasks:
+    """A distribution of sinusoid regression tasks with ``shots`` support and ``query`` query points."""
+
+    metric_name = "mse"
+    higher_is_better = False
+
+    def __init__(
+        self,
+        shots: int = 10,
+        query: int = 10,
+        amplitude: Sequence[float] = (0.1, 5.0),
+        phase: Sequence[float] = (0.0, math.pi),
+        x_range: Sequence[float] = (-5.0, 5.0),
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        for name, bounds in (("amplitude", amplitude), ("phase", phase), ("x_range", x_range)):
+            if len(bounds) != 2 or not bounds[0] <= bounds[1]:
+                raise ConfigError(
+                    f"dataset.{name} must be [low, high] with low <= high, got {list(bounds)}"
+                )
+        self.shots = shots
+        self.query = query
+        self.amplitude = (float(amplitude[0]), float(amplitude[1]))
+        self.phase = (float(phase[0]), float(phase[1]))
+        self.x_range = (float(x_range[0]), float(x_range[1]))
+        self.seed = seed
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.input_shape = (1,)
+
+    # -- the task distribution interface -------------------------------------------------------
+
+    def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
+        return F.mse_loss(prediction, target)
+
+    def metric(self, prediction: Tensor, target: Tensor) -> Tensor:
+        return F.mse_loss(prediction, target)
+
+    def sample(self, num_tasks: int, generator: torch.Generator) -> TaskBatch:
+        amplitude, phase = self.sample_task_parameters(num_tasks, generator)
+        return self.episodes_for(amplitude, phase, generator)
+
+    def fixed_tasks(self, split: str, num_tasks: int) -> TaskBatch:
+        return self.sample(num_tasks, self.split_generator(split))
+
+    # -- pieces, public for figures and tests ----------------------------------------------------
+
+    def split_generator(self, split: str) -> torch.Generator:
+        """A generator for a held-out split, seeded from ``seed`` and the split name."""
+        if split not in _SPLIT_SEEDS:
+            raise ConfigError(f"unknown split {split!r}: use one of {sorted(_SPLIT_SEEDS)}")
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(self.seed + _SPLIT_SEEDS[split])
+        return generator
+
+    def sample_task_parameters(
+        self, num_tasks: int, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """Amplitudes and phases, each ``[num_tasks, 1, 1]``."""
+        amplitude = self._uniform((num_tasks, 1, 1), self.amplitude, generator)
+        phase = self._uniform((num_tasks, 1, 1), self.phase, generator)
+        return amplitude, phase
+
+    def episodes_for(self, amplitude: Tensor, phase: Tensor, generator: torch.Generator) -> TaskBatch:
+        num_tasks = amplitude.shape[0]
+        x = self._uniform((num_tasks, self.shots + self.query, 1), self.x_range, generator)
+        y = amplitude * torch.sin(x - phase)
+        return TaskBatch(
+            support_x=x[:, : self.shots],
+            support_y=y[:, : self.shots],
+            query_x=x[:, self.shots :],
+            query_y=y[:, self.shots :],
+        )
+
+    def _uniform(self, shape: tuple[int, ...], bounds: tuple[float, float], generator) -> Tensor:
+        low, high = bounds
+        u = torch.rand(shape, generator=generator, device=self.device, dtype=self.dtype)
+        return u * (high - low) + low
