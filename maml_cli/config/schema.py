@@ -1,0 +1,162 @@
+"""The structured configs Hydra validates every run against.
+
+Each config group has a dataclass here; the YAML files under ``configs/`` name it in their
+``defaults`` list, so a misspelt key or a value of the wrong type fails at composition with the
+key's full name. Value ranges that a type cannot express (``shots >= 1`` and the like) are
+checked by :mod:`maml_cli.config.validate`.
+
+Keys here are public API: later features and users' scripts rely on their names.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class TaskBatchingChoice(str, Enum):
+    auto = "auto"
+    vmap = "vmap"
+    loop = "loop"
+
+
+class Schedule(str, Enum):
+    constant = "constant"
+    cosine = "cosine"
+
+
+# -- dataset -----------------------------------------------------------------------------------
+
+
+@dataclass
+class DatasetConfig:
+    """Keys every task distribution has. ``_target_`` names the class that builds the tasks."""
+
+    _target_: str = MISSING
+    shots: int = 10  # support examples per task (per class, for classification)
+    query: int = 10  # query examples per task (per class, for classification)
+
+
+@dataclass
+class SinusoidConfig(DatasetConfig):
+    _target_: str = "maml_cli.data.sinusoid.SinusoidTasks"
+    amplitude: tuple[float, float] = (0.1, 5.0)
+    phase: tuple[float, float] = (0.0, math.pi)
+    x_range: tuple[float, float] = (-5.0, 5.0)
+
+
+# -- inner loop (the algorithm) ----------------------------------------------------------------
+
+
+@dataclass
+class InnerLoopConfig:
+    """The meta-learning algorithm: ``_target_`` is its class, the rest its arguments."""
+
+    _target_: str = "maml_cli.algorithms.maml.MAML"
+    steps: int = 1
+    lr: float = 0.01
+    first_order: bool = False
+    eval_steps: int = 10
+    task_batching: TaskBatchingChoice = TaskBatchingChoice.auto
+    task_chunk: int = 0  # with vmap: tasks adapted at once (0 = whole meta-batch)
+
+
+# -- meta-optimizer ----------------------------------------------------------------------------
+
+
+@dataclass
+class OptimizerConfig:
+    """The outer (meta) optimizer: ``_target_`` is a ``torch.optim`` class, plus its schedule."""
+
+    _target_: str = MISSING
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: Schedule = Schedule.constant
+    min_lr: float = 0.0  # the cosine schedule's final learning rate
+    warmup_steps: int = 0  # linear warm-up before the schedule
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):
+    _target_: str = "torch.optim.Adam"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+
+@dataclass
+class AdamWConfig(AdamConfig):
+    _target_: str = "torch.optim.AdamW"
+    weight_decay: float = 0.01
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    _target_: str = "torch.optim.SGD"
+    momentum: float = 0.0
+    nesterov: bool = False
+
+
+# -- trainer -----------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 70_000  # meta-iterations (outer steps)
+    meta_batch_size: int = 25  # tasks per meta-iteration
+    val_every: int = 1_000  # steps between validations (and best.pt updates)
+    val_tasks: int = 100  # fixed held-out tasks per validation
+    ckpt_every: int = 1_000  # steps between last.pt writes
+    log_every: int = 50  # steps between TensorBoard/progress-bar updates
+    device: str = "auto"  # cpu, cuda, cuda:N, or auto (cuda when available)
+    resume: Optional[str] = None  # a checkpoint path, or auto for this run dir's last.pt
+    grad_clip: Optional[float] = None  # clip the meta-gradient's global norm
+    progress: Optional[bool] = None  # tqdm bar; None = only when stderr is a terminal
+    figures: bool = True  # task-specific figures (sinusoid: adapted curves) at validation
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    dataset: DatasetConfig = MISSING
+    model: Any = MISSING  # any nn.Module by _target_: no schema, the constructor checks
+    optimizer: OptimizerConfig = MISSING
+    inner_loop: InnerLoopConfig = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+# -- evaluation --------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalConfig:
+    episodes: int = 600  # held-out tasks to evaluate on
+    steps: Optional[int] = None  # inner steps at test time; None = the run's inner_loop.eval_steps
+    split: str = "test"  # val or test
+    output: Optional[str] = None  # eval.json path; None = the eval run dir
+    batch_size: int = 100  # tasks adapted together
+
+
+@dataclass
+class EvalAppConfig:
+    """maml-eval's own keys; the run's config comes from the checkpoint (see ``cli/evaluate``)."""
+
+    checkpoint: str = MISSING
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def register_configs() -> None:
+    """Put the schemas in Hydra's ConfigStore, where the YAML files' defaults lists find them."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="dataset", name="sinusoid_schema", node=SinusoidConfig)
+    cs.store(group="inner_loop", name="maml_schema", node=InnerLoopConfig)
+    cs.store(group="optimizer", name="adam_schema", node=AdamConfig)
+    cs.store(group="optimizer", name="adamw_schema", node=AdamWConfig)
+    cs.store(group="optimizer", name="sgd_schema", node=SGDConfig)
+    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
+    cs.store(name="eval_schema", node=EvalAppConfig)

@@ -1,0 +1,79 @@
+"""Checks that a type cannot express: ranges, and values that must agree with each other.
+
+Run before anything is built or written, so a bad value fails in a second with a message that
+names the key and says what would be valid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig
+
+from maml_cli.errors import ConfigError
+
+_POSITIVE_INTS = (
+    "dataset.shots",
+    "dataset.query",
+    "inner_loop.steps",
+    "inner_loop.eval_steps",
+    "trainer.max_steps",
+    "trainer.meta_batch_size",
+    "trainer.val_every",
+    "trainer.val_tasks",
+    "trainer.ckpt_every",
+    "trainer.log_every",
+)
+
+
+def _get(cfg: Mapping[str, Any] | DictConfig, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if node is None or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def require_positive_int(value: Any, key: str, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{key} must be an integer >= {low}, got {value!r}")
+
+
+def require_positive_float(value: Any, key: str, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not (value >= 0 if allow_zero else value > 0) or value != value:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{key} must be a number {bound}, got {value!r}")
+
+
+def validate_run_config(cfg: DictConfig | Mapping[str, Any]) -> None:
+    """Check a training (or checkpointed) run config; raises :class:`ConfigError`."""
+    for key in _POSITIVE_INTS:
+        value = _get(cfg, key)
+        if value is not None:
+            require_positive_int(value, key)
+    require_positive_int(_get(cfg, "inner_loop.task_chunk"), "inner_loop.task_chunk", allow_zero=True)
+    require_positive_float(_get(cfg, "inner_loop.lr"), "inner_loop.lr", allow_zero=True)
+    require_positive_float(_get(cfg, "optimizer.lr"), "optimizer.lr")
+    require_positive_float(_get(cfg, "optimizer.min_lr"), "optimizer.min_lr", allow_zero=True)
+    require_positive_int(_get(cfg, "optimizer.warmup_steps"), "optimizer.warmup_steps", allow_zero=True)
+    clip = _get(cfg, "trainer.grad_clip")
+    if clip is not None:
+        require_positive_float(clip, "trainer.grad_clip")
+    device = _get(cfg, "trainer.device")
+    if device is not None and not (
+        device in ("cpu", "cuda", "auto") or (isinstance(device, str) and device.startswith("cuda:"))
+    ):
+        raise ConfigError(f"trainer.device must be cpu, cuda, cuda:N or auto, got {device!r}")
+
+
+def validate_eval_config(eval_cfg: DictConfig | Mapping[str, Any]) -> None:
+    require_positive_int(eval_cfg["episodes"], "eval.episodes")
+    require_positive_int(eval_cfg["batch_size"], "eval.batch_size")
+    if eval_cfg["steps"] is not None:
+        require_positive_int(eval_cfg["steps"], "eval.steps")
+    if eval_cfg["split"] not in ("val", "test"):
+        raise ConfigError(f"eval.split must be val or test, got {eval_cfg['split']!r}")
