@@ -1,0 +1,311 @@
+"""The episodic meta-training loop: sample, meta-step, validate, checkpoint, log.
+
+The trainer knows nothing of how adaptation is done: it asks the algorithm for the meta-gradient
+of a task batch (``meta_backward``) and for scores on held-out tasks (``evaluate``), and handles
+everything around that: the meta-optimizer, schedule, validation, best/last checkpoints,
+TensorBoard, the progress bar, exact resumption, Ctrl-C/SIGTERM and non-finite losses.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from maml_cli.config.validate import validate_run_config
+from maml_cli.engine.build import build_run
+from maml_cli.engine.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint, write_json
+from maml_cli.engine.device import resolve_device
+from maml_cli.engine.evaluation import Estimate, score_tasks
+from maml_cli.engine.figures import adaptation_figure
+from maml_cli.engine.optim import build_optimizer, build_scheduler
+from maml_cli.engine.rng import capture_rng_states, restore_rng_states, seed_everything
+from maml_cli.errors import CheckpointError, NonFiniteLossError, TrainingInterrupted
+
+log = logging.getLogger("maml_cli")
+
+
+class Trainer:
+    """Meta-trains the run described by ``cfg``, writing into ``run_dir``."""
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
+        validate_run_config(cfg)
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.device = resolve_device(cfg.trainer.device)
+        seed_everything(int(cfg.seed))
+        run = build_run(cfg, self.device)
+        self.tasks, self.algorithm = run.tasks, run.algorithm
+        self.optimizer = build_optimizer(cfg.optimizer, self.algorithm.parameters())
+        self.scheduler = build_scheduler(cfg.optimizer, self.optimizer, int(cfg.trainer.max_steps))
+        self.task_generator = torch.Generator(device=self.device)
+        self.task_generator.manual_seed(int(cfg.seed))
+        self.step = 0
+        self.best: dict[str, Any] | None = None
+        self.last_val: dict[str, Any] | None = None
+        self._stop_signal: int | None = None
+        self._maybe_resume()
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "step": self.step,
+            "model": self.algorithm.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": capture_rng_states(self.task_generator),
+            "best": self.best,
+            "last_val": self.last_val,
+            "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True),
+        }
+
+    def _maybe_resume(self) -> None:
+        resume = self.cfg.trainer.resume
+        if not resume:
+            return
+        path = self.ckpt_dir / "last.pt" if resume == "auto" else Path(resume)
+        if resume == "auto" and not path.exists():
+            log.info("trainer.resume=auto: no %s yet, starting from step 0", path)
+            return
+        state = load_checkpoint(path)
+        try:
+            self.algorithm.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            restore_rng_states(state["rng"], self.task_generator)
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            first = str(exc).strip().splitlines()[0][:200]
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this run's config ({first}); resume with the "
+                "config it was trained with (see its run dir's .hydra/config.yaml)"
+            ) from None
+        self.step = int(state["step"])
+        self.last_val = state.get("last_val")
+        same_run = path.resolve().parent == self.ckpt_dir.resolve()
+        # A run dir's best.pt must exist in that dir: a resumed run in a new dir starts afresh.
+        self.best = state.get("best") if same_run else None
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def _save(self, name: str) -> Path:
+        path = self.ckpt_dir / name
+        save_checkpoint(self.state_dict(), path)
+        return path
+
+    # -- validation --------------------------------------------------------------------------
+
+    def validate(self) -> dict[str, Any]:
+        trainer = self.cfg.trainer
+        scores = score_tasks(
+            self.algorithm, self.tasks, "val", int(trainer.val_tasks),
+            steps=self.algorithm.eval_steps, batch_size=int(trainer.meta_batch_size) * 4,
+        )
+        before, after = Estimate.of(scores[0]), Estimate.of(scores[-1])
+        self.last_val = {
+            "step": self.step,
+            "value": after.mean,
+            "ci95": after.ci95,
+            "before_adaptation": before.mean,
+            "eval_steps": self.algorithm.eval_steps,
+        }
+        return self.last_val
+
+    def _is_better(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        if self.tasks.higher_is_better:
+            return value > self.best["value"]
+        return value < self.best["value"]
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``trainer.max_steps``; returns what ``metrics.json`` holds."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        trainer = self.cfg.trainer
+        max_steps = int(trainer.max_steps)
+        metric = self.tasks.metric_name
+        strategy = self.algorithm.strategy()
+        log.info(
+            "run dir %s | device %s | task batching %s | steps %d -> %d",
+            self.run_dir, self.device, strategy, self.step, max_steps,
+        )
+        writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+        progress = tqdm(
+            total=max_steps, initial=self.step, desc="meta-train", unit="step", dynamic_ncols=True,
+            disable=None if trainer.progress is None else not trainer.progress, mininterval=0.5,
+        )
+        window = _Window(self.device)
+        started = time.perf_counter()
+        params = [p for p in self.algorithm.parameters() if p.requires_grad]
+        try:
+            with _graceful_stop(self):
+                while self.step < max_steps:
+                    batch = self.tasks.sample(int(trainer.meta_batch_size), self.task_generator)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    out = self.algorithm.meta_backward(batch)
+                    loss = out.loss_after.mean()
+                    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+                    if not torch.isfinite(loss + grad_norm):
+                        self._fail_non_finite(loss, grad_norm)
+                    if trainer.grad_clip:
+                        torch.nn.utils.clip_grads_with_norm_(params, float(trainer.grad_clip), grad_norm)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.step += 1
+                    window.add(out.loss_before.mean(), loss, grad_norm, batch.num_tasks)
+                    progress.update(1)
+
+                    if self.step % int(trainer.log_every) == 0 or self.step == max_steps:
+                        stats = window.flush()
+                        lr = self.optimizer.param_groups[0]["lr"]
+                        for name, value in stats.items():
+                            writer.add_scalar(f"train/{name}", value, self.step)
+                        writer.add_scalar("train/lr", lr, self.step)
+                        progress.set_postfix(
+                            loss=f"{stats['loss_after']:.4g}", tasks_s=f"{stats['tasks_per_s']:.0f}",
+                            refresh=False,
+                        )
+                    if self.step % int(trainer.val_every) == 0 or self.step == max_steps:
+                        self._validate_and_log(writer, metric)
+                    if self.step % int(trainer.ckpt_every) == 0 or self.step == max_steps:
+                        self._save("last.pt")
+                    if self._stop_signal is not None:
+                        self._interrupt()
+            if self.last_val is None or self.last_val["step"] != self.step:
+                self._validate_and_log(writer, metric)  # resumed at max_steps, or nothing ran
+            wall = time.perf_counter() - started
+            metrics = self._metrics(wall)
+            write_json(metrics, self.run_dir / "metrics.json")
+            self._write_figure(writer, final=True)
+            log.info(
+                "done: step %d, val %s %.4g (best %.4g at step %d), %.1fs",
+                self.step, metric, self.last_val["value"], self.best["value"], self.best["step"], wall,
+            )
+            return metrics
+        finally:
+            progress.close()
+            writer.close()
+
+    def _validate_and_log(self, writer, metric: str) -> None:
+        val = self.validate()
+        writer.add_scalar(f"val/{metric}", val["value"], self.step)
+        writer.add_scalar(f"val/{metric}_before_adaptation", val["before_adaptation"], self.step)
+        if self._is_better(val["value"]):
+            self.best = dict(val)
+            self._save("best.pt")
+        writer.add_scalar(f"val/best_{metric}", self.best["value"], self.step)
+        self._write_figure(writer, final=False)
+        log.info(
+            "step %d: val %s %.4g +- %.2g after %d steps (%.4g before)",
+            self.step, metric, val["value"], val["ci95"], val["eval_steps"], val["before_adaptation"],
+        )
+
+    def _write_figure(self, writer, final: bool) -> None:
+        if not self.cfg.trainer.figures:
+            return
+        fig = adaptation_figure(self.tasks, self.algorithm)
+        if fig is None:
+            return
+        if final:
+            path = self.run_dir / "figures" / "adaptation.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=110)
+            log.info("figure: %s", path)
+        writer.add_figure("val/adaptation", fig, self.step, close=True)
+        if final:
+            from matplotlib import pyplot as plt
+
+            plt.close(fig)
+
+    def _metrics(self, wall: float) -> dict[str, Any]:
+        return {
+            "metric": self.tasks.metric_name,
+            "higher_is_better": self.tasks.higher_is_better,
+            "steps": self.step,
+            "last": self.last_val,
+            "best": self.best,
+            "wall_time_s": round(wall, 3),
+            "task_batching": self.algorithm.strategy(),
+            "device": str(self.device),
+        }
+
+    def _fail_non_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        what = "meta-loss" if not torch.isfinite(loss) else "meta-gradient norm"
+        value = loss.item() if not torch.isfinite(loss) else grad_norm.item()
+        last = self.ckpt_dir / "last.pt"
+        kept = f"last good checkpoint kept: {last}" if last.exists() else "no checkpoint was written yet"
+        raise NonFiniteLossError(
+            f"{what} is {value} at step {self.step + 1}; stopped before the update ({kept}); "
+            "lower optimizer.lr or inner_loop.lr, or set trainer.grad_clip"
+        )
+
+    def _interrupt(self) -> None:
+        signum = self._stop_signal
+        path = self._save("last.pt")
+        if self.last_val is not None:
+            write_json(self._metrics(0.0) | {"interrupted_at_step": self.step}, self.run_dir / "metrics.json")
+        name = signal.Signals(signum).name
+        raise TrainingInterrupted(
+            f"{name}: stopped at step {self.step} and saved {path}; continue with "
+            f"maml-train hydra.run.dir={self.run_dir} trainer.resume=auto (same overrides as before)",
+            signum,
+        )
+
+
+class _Window:
+    """Running sums of training statistics between two log steps, kept on the device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sums = torch.zeros(3, device=self.device)
+        self.steps = 0
+        self.tasks = 0
+        self.since = time.perf_counter()
+
+    def add(self, loss_before, loss_after, grad_norm, tasks: int) -> None:
+        self.sums += torch.stack([loss_before.detach(), loss_after.detach(), grad_norm.detach()])
+        self.steps += 1
+        self.tasks += tasks
+
+    def flush(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.since, 1e-9)
+        means = (self.sums / max(self.steps, 1)).tolist()
+        stats = {
+            "loss_before": means[0],
+            "loss_after": means[1],
+            "grad_norm": means[2],
+            "tasks_per_s": self.tasks / elapsed,
+        }
+        self._reset()
+        return stats
+
+
+@contextmanager
+def _graceful_stop(trainer: Trainer):
+    """Turn the first SIGINT/SIGTERM into a flag the loop checks after the current step."""
+
+    def handler(signum, frame):
+        if trainer._stop_signal is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        trainer._stop_signal = signum
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
