@@ -1,0 +1,1 @@
+"""Thin Hydra entry points: ``maml-train`` and ``maml-eval``."""

@@ -1,0 +1,121 @@
+"""What both CLIs share: turning any failure caused by input into one line and an exit code."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+import functools
+from collections.abc import Callable
+
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from maml_cli.errors import MamlError
+
+
+def _known_keys(exc: OmegaConfBaseException) -> list[str]:
+    parent = getattr(exc, "parent_node", None)
+    try:
+        return [str(k) for k in parent.keys()] if parent is not None else []
+    except Exception:
+        return []
+
+
+def _suggest(key: str | None, exc: OmegaConfBaseException) -> str:
+    if not key:
+        return ""
+    leaf = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(leaf, _known_keys(exc), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line description of an error caused by input, with a hint where one helps."""
+    if isinstance(exc, MamlError):
+        return str(exc)
+    cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else None
+    omega = exc if isinstance(exc, OmegaConfBaseException) else cause
+    head = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if omega is not None:
+        key = getattr(omega, "full_key", None)
+        msg = getattr(omega, "msg", None) or str(omega).strip().splitlines()[0]
+        msg = msg.strip().splitlines()[0]
+        if isinstance(omega, ConfigKeyError) or "not in struct" in msg or "not in '" in msg:
+            return (
+                f"unknown config key '{key}'{_suggest(key, omega)}: {msg}; "
+                "see the valid keys with --cfg job"
+            )
+        where = f"'{key}': " if key else ""
+        return f"invalid config value for {where}{msg}"
+    if isinstance(exc, OSError) and exc.filename:
+        reason = exc.strerror or type(exc).__name__
+        return f"cannot write or read {exc.filename}: {reason}; choose a writable location (e.g. hydra.run.dir=DIR)"
+    if type(exc).__name__ in ("ConfigCompositionException", "MissingConfigException", "OverrideParseException"):
+        lines = []
+        for line in str(exc).strip().splitlines():
+            if line.startswith("Config search path"):
+                break  # Hydra's search path dump says nothing a user can act on
+            words = [w for w in line.split() if not w.endswith("_schema")]  # internal schema nodes
+            lines.append(" ".join(words))
+        return " ".join(line for line in lines if line)
+    return head
+
+
+class _ReportedError(BaseException):
+    """Carries a :class:`MamlError` out of a Hydra task function without Hydra logging it.
+
+    Hydra logs "Error executing job with overrides ..." for every ``Exception`` a task raises;
+    a ``BaseException`` passes straight through to :func:`run_cli`, which prints one line.
+    """
+
+    def __init__(self, error: MamlError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def reports_errors(task: Callable) -> Callable:
+    """Decorate a Hydra task function so its input errors reach :func:`run_cli` unlogged."""
+
+    @functools.wraps(task)
+    def wrapper(*args, **kwargs):
+        try:
+            return task(*args, **kwargs)
+        except MamlError as exc:
+            if os.environ.get("MAML_DEBUG") == "1":
+                raise
+            raise _ReportedError(exc) from exc
+
+    return wrapper
+
+
+def run_cli(hydra_main: Callable[[], object]) -> None:
+    """Run a ``@hydra.main`` function; input errors become one line on stderr and exit 1.
+
+    Hydra prints its own multi-line reports unless ``HYDRA_FULL_ERROR`` is set; setting it makes
+    exceptions reach us so we can say them in one line. ``MAML_DEBUG=1`` shows full tracebacks.
+    """
+    debug = os.environ.get("MAML_DEBUG") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    # A user's own model module in the working directory should be importable by _target_,
+    # as it would be under `python -m`; appended so it never shadows an installed package.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        hydra_main()
+    except (MamlError, _ReportedError) as exc:
+        error = exc.error if isinstance(exc, _ReportedError) else exc
+        if debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        known = isinstance(exc, (OmegaConfBaseException, OSError)) or type(exc).__module__.startswith(
+            ("hydra", "omegaconf")
+        )
+        if debug or not known:
+            raise
+        print(f"error: {describe(exc)}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,155 @@
+"""``maml-eval``: score a checkpoint on held-out tasks, before and after adaptation.
+
+The run's config travels inside the checkpoint. Before Hydra composes, the checkpoint named on
+the command line is read and its config is registered as the base of ``eval.yaml``, so every key
+of the run can be overridden on the command line with the usual syntax (``dataset.shots=5``) and
+a misspelt key fails just as it does for ``maml-train``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from maml_cli.cli.common import reports_errors, run_cli
+from maml_cli.config import config_dir, register_configs, validate_eval_config, validate_run_config
+from maml_cli.engine.build import build_run
+from maml_cli.engine.checkpoint import load_checkpoint, write_json
+from maml_cli.engine.device import resolve_device
+from maml_cli.engine.evaluation import Estimate, score_tasks
+from maml_cli.engine.rng import seed_everything
+from maml_cli.errors import CheckpointError, ConfigError, MamlError
+
+log = logging.getLogger("maml_cli")
+_loaded: dict[str, dict[str, Any]] = {}
+
+
+def _checkpoint_argument(argv: list[str]) -> str | None:
+    values = [a.split("=", 1)[1] for a in argv if a.startswith(("checkpoint=", "++checkpoint="))]
+    if not values:
+        return None
+    if len(values) > 1 or "," in values[-1]:
+        raise ConfigError("maml-eval takes one checkpoint=PATH per run; run it once per checkpoint")
+    return values[-1]
+
+
+def _ensure_writable(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.parent / f".{path.name}.probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write eval.output={path}: {path.parent} is not a writable directory "
+            f"({exc.strerror or exc}); choose a writable path"
+        ) from None
+
+
+def _steps_to_show(steps: int) -> list[int]:
+    return sorted({0, 1, 5, 10, steps} & set(range(steps + 1)))
+
+
+def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Evaluate ``cfg.checkpoint`` with the (overridden) run config in ``cfg``; returns eval.json."""
+    validate_eval_config(cfg.eval)
+    path = str(cfg.checkpoint)
+    state = _loaded.get(path) or load_checkpoint(path)
+    run_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("checkpoint", "eval")])
+    validate_run_config(run_cfg)
+    output = Path(cfg.eval.output) if cfg.eval.output else run_dir / "eval.json"
+    _ensure_writable(output)
+
+    device = resolve_device(run_cfg.trainer.device)
+    seed_everything(int(run_cfg.seed))
+    run = build_run(run_cfg, device)
+    try:
+        run.algorithm.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit its model config ({str(exc).splitlines()[0][:200]}); "
+            "do not override model.* when evaluating"
+        ) from None
+    steps = int(cfg.eval.steps) if cfg.eval.steps is not None else int(run.algorithm.eval_steps)
+    episodes, split = int(cfg.eval.episodes), str(cfg.eval.split)
+    scores = score_tasks(run.algorithm, run.tasks, split, episodes, steps, int(cfg.eval.batch_size))
+    per_step = [Estimate.of(row) for row in scores]
+    metric = run.tasks.metric_name
+    result = {
+        "checkpoint": str(Path(path).resolve()),
+        "checkpoint_step": int(state["step"]),
+        "metric": metric,
+        "higher_is_better": run.tasks.higher_is_better,
+        "split": split,
+        "episodes": episodes,
+        "steps": steps,
+        "shots": int(run_cfg.dataset.shots),
+        "query": int(run_cfg.dataset.query),
+        "mean": per_step[-1].mean,
+        "ci95": per_step[-1].ci95,
+        "pre_adaptation_mean": per_step[0].mean,
+        "pre_adaptation_ci95": per_step[0].ci95,
+        "per_step": [{"steps": k, "mean": e.mean, "ci95": e.ci95} for k, e in enumerate(per_step)],
+        "device": str(device),
+    }
+    write_json(result, output)
+    _print_table(result, per_step, output)
+    return result
+
+
+def _print_table(result: dict[str, Any], per_step: list[Estimate], output: Path) -> None:
+    metric = result["metric"]
+    print(
+        f"{result['episodes']} {result['split']} tasks, {result['shots']}-shot, "
+        f"checkpoint step {result['checkpoint_step']}"
+    )
+    print(f"{'adaptation':<16}{metric:>12}{'95% CI':>12}")
+    for k in _steps_to_show(result["steps"]):
+        label = "before" if k == 0 else f"after {k} step{'s' if k > 1 else ''}"
+        print(f"{label:<16}{per_step[k].mean:>12.4f}{'± ' + format(per_step[k].ci95, '.4f'):>12}")
+    print(f"wrote {output}")
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
+@reports_errors
+def _eval(cfg: DictConfig) -> float:
+    if OmegaConf.is_missing(cfg, "checkpoint"):
+        raise ConfigError("maml-eval needs checkpoint=PATH (a .pt file written by maml-train)")
+    with torch.inference_mode(False):
+        result = evaluate_checkpoint(cfg, Path(HydraConfig.get().runtime.output_dir))
+    return result["mean"]
+
+
+def main() -> None:
+    register_configs()
+    run_cli(_main)
+
+
+def _main() -> None:
+    try:
+        path = _checkpoint_argument(sys.argv[1:])
+        base: dict[str, Any] = {}
+        if path is not None:
+            state = load_checkpoint(path)
+            _loaded[path] = state
+            base = state["config"]
+    except MamlError as exc:
+        # --help should work without a checkpoint; any real run reports the problem.
+        if any(flag in sys.argv for flag in ("--help", "-h", "--hydra-help")):
+            base = {}
+        else:
+            raise exc
+    ConfigStore.instance().store(name="_checkpoint_run", node=base)
+    _eval()
+
+
+if __name__ == "__main__":
+    main()

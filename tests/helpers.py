@@ -1,0 +1,46 @@
+"""Shared helpers: composing configs in-process and running the installed CLIs as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from maml_cli.config import config_dir, register_configs
+
+BIN = Path(sys.executable).parent
+
+
+def compose_train(*overrides: str):
+    """The composed ``maml-train`` config with ``overrides``, as Hydra builds it for a run."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def run_cli(command: str, *args: str, cwd: Path, timeout: float = 240, env=None) -> subprocess.CompletedProcess:
+    """Run ``maml-train`` / ``maml-eval`` from the environment's bin dir, capturing output."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    full_env.pop("MAML_DEBUG", None)
+    return subprocess.run(
+        [str(BIN / command), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
+    )
+
+
+#: Overrides that make a real but tiny training run: every feature runs, in a second or two.
+TINY = (
+    "trainer.max_steps=6",
+    "trainer.meta_batch_size=4",
+    "trainer.val_every=3",
+    "trainer.val_tasks=8",
+    "trainer.ckpt_every=3",
+    "trainer.log_every=2",
+    "inner_loop.eval_steps=2",
+    "model.hidden_sizes=[16,16]",
+)
