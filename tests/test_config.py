@@ -27,10 +27,23 @@ def test_default_composes_the_paper_sinusoid_setup():
 def test_public_keys_exist():
     cfg = compose_train()
     for key in (
-        "seed", "trainer.max_steps", "trainer.meta_batch_size", "trainer.val_every", "trainer.val_tasks",
-        "trainer.ckpt_every", "trainer.device", "trainer.resume", "inner_loop.steps", "inner_loop.lr",
-        "inner_loop.first_order", "inner_loop.eval_steps", "inner_loop.task_batching",
-        "inner_loop.task_chunk", "optimizer.lr", "dataset.shots", "dataset.query",
+        "seed",
+        "trainer.max_steps",
+        "trainer.meta_batch_size",
+        "trainer.val_every",
+        "trainer.val_tasks",
+        "trainer.ckpt_every",
+        "trainer.device",
+        "trainer.resume",
+        "inner_loop.steps",
+        "inner_loop.lr",
+        "inner_loop.first_order",
+        "inner_loop.eval_steps",
+        "inner_loop.task_batching",
+        "inner_loop.task_chunk",
+        "optimizer.lr",
+        "dataset.shots",
+        "dataset.query",
     ):
         OmegaConf.select(cfg, key, throw_on_missing=True)
         assert key.rsplit(".", 1)[-1] in (OmegaConf.select(cfg, key.rsplit(".", 1)[0]) if "." in key else cfg)

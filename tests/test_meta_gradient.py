@@ -15,8 +15,9 @@ def meta_grad(strategy: str, first_order: bool, steps: int, dtype=torch.float32,
     torch.manual_seed(0)
     model = MLP(1, 1, [40, 40]).to(dtype)
     dist = SinusoidTasks(shots=10, query=10, dtype=dtype)
-    algo = MAML(model, dist.loss, steps=steps, lr=0.01, first_order=first_order,
-                task_batching=strategy, task_chunk=chunk)
+    algo = MAML(
+        model, dist.loss, steps=steps, lr=0.01, first_order=first_order, task_batching=strategy, task_chunk=chunk
+    )
     gen = torch.Generator().manual_seed(1)
     out = algo.meta_backward(dist.sample(tasks, gen))
     grad = torch.cat([p.grad.flatten() for p in model.parameters()])
@@ -82,8 +83,9 @@ def _meta_loss(model, algo_kwargs, batch, flat: torch.Tensor) -> torch.Tensor:
             pred = torch.func.functional_call(model, params, (batch.support_x[t],))
             loss = nn.functional.mse_loss(pred, batch.support_y[t])
             grads = torch.autograd.grad(loss, list(params.values()))
-            params = {n: (p - algo_kwargs["lr"] * g).detach().requires_grad_(True)
-                      for (n, p), g in zip(params.items(), grads)}
+            params = {
+                n: (p - algo_kwargs["lr"] * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), grads)
+            }
         pred = torch.func.functional_call(model, params, (batch.query_x[t],))
         losses.append(nn.functional.mse_loss(pred, batch.query_y[t]).detach())
     return torch.stack(losses).mean()

@@ -29,9 +29,7 @@ def test_resume_continues_bit_for_bit(tiny_cfg, tmp_path, strategy):
     common = ("trainer.figures=false", f"inner_loop.task_batching={strategy}", "inner_loop.steps=2")
     straight = train(tiny_cfg(*common, "trainer.max_steps=8"), tmp_path / "straight")
     half = train(tiny_cfg(*common, "trainer.max_steps=4"), tmp_path / "resumed")
-    resumed = train(
-        tiny_cfg(*common, "trainer.max_steps=8", "trainer.resume=auto"), tmp_path / "resumed"
-    )
+    resumed = train(tiny_cfg(*common, "trainer.max_steps=8", "trainer.resume=auto"), tmp_path / "resumed")
     assert resumed.step == straight.step == 8
     a, b = params_of(straight), params_of(resumed)
     assert a.keys() == b.keys()
@@ -45,10 +43,8 @@ def test_resume_continues_bit_for_bit(tiny_cfg, tmp_path, strategy):
 
 def test_resume_from_an_explicit_path_into_a_new_run_dir(tiny_cfg, tmp_path):
     first = train(tiny_cfg("trainer.figures=false"), tmp_path / "a")
-    second = Trainer(
-        tiny_cfg("trainer.figures=false", "trainer.max_steps=9", f"trainer.resume={tmp_path / 'a/checkpoints/last.pt'}"),
-        tmp_path / "b",
-    )
+    resume = f"trainer.resume={tmp_path / 'a/checkpoints/last.pt'}"
+    second = Trainer(tiny_cfg("trainer.figures=false", "trainer.max_steps=9", resume), tmp_path / "b")
     assert second.step == first.step == 6
     second.fit()
     assert load_checkpoint(tmp_path / "b/checkpoints/last.pt")["step"] == 9

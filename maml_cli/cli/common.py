@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import sys
-import functools
 from collections.abc import Callable
 
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -41,10 +41,7 @@ def describe(exc: BaseException) -> str:
         msg = getattr(omega, "msg", None) or str(omega).strip().splitlines()[0]
         msg = msg.strip().splitlines()[0]
         if isinstance(omega, ConfigKeyError) or "not in struct" in msg or "not in '" in msg:
-            return (
-                f"unknown config key '{key}'{_suggest(key, omega)}: {msg}; "
-                "see the valid keys with --cfg job"
-            )
+            return f"unknown config key '{key}'{_suggest(key, omega)}: {msg}; see the valid keys with --cfg job"
         where = f"'{key}': " if key else ""
         return f"invalid config value for {where}{msg}"
     if isinstance(exc, OSError) and exc.filename:

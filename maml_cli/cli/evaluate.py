@@ -98,6 +98,9 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "pre_adaptation_mean": per_step[0].mean,
         "pre_adaptation_ci95": per_step[0].ci95,
         "per_step": [{"steps": k, "mean": e.mean, "ci95": e.ci95} for k, e in enumerate(per_step)],
+        # Tasks whose final score is NaN or inf (plain SGD can diverge on an unlucky support set);
+        # one such task makes the mean infinite, so say how many there were.
+        "non_finite_tasks": int((~torch.isfinite(scores[-1])).sum()),
         "device": str(device),
     }
     write_json(result, output)
@@ -115,6 +118,11 @@ def _print_table(result: dict[str, Any], per_step: list[Estimate], output: Path)
     for k in _steps_to_show(result["steps"]):
         label = "before" if k == 0 else f"after {k} step{'s' if k > 1 else ''}"
         print(f"{label:<16}{per_step[k].mean:>12.4f}{'± ' + format(per_step[k].ci95, '.4f'):>12}")
+    if result["non_finite_tasks"]:
+        print(
+            f"warning: adaptation diverged (NaN/inf) on {result['non_finite_tasks']} of "
+            f"{result['episodes']} tasks; a smaller inner_loop.lr or fewer eval.steps avoids it"
+        )
     print(f"wrote {output}")
 
 

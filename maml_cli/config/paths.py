@@ -16,6 +16,4 @@ def config_dir() -> Path:
     for candidate in (_PACKAGE_DIR / "configs", _PACKAGE_DIR.parent / "configs"):
         if (candidate / "train.yaml").is_file():
             return candidate
-    raise FileNotFoundError(
-        f"maml-cli's configs/ directory is missing next to {_PACKAGE_DIR}: reinstall the package"
-    )
+    raise FileNotFoundError(f"maml-cli's configs/ directory is missing next to {_PACKAGE_DIR}: reinstall the package")

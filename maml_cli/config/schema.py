@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -113,9 +113,9 @@ class TrainerConfig:
     ckpt_every: int = 1_000  # steps between last.pt writes
     log_every: int = 50  # steps between TensorBoard/progress-bar updates
     device: str = "auto"  # cpu, cuda, cuda:N, or auto (cuda when available)
-    resume: Optional[str] = None  # a checkpoint path, or auto for this run dir's last.pt
-    grad_clip: Optional[float] = None  # clip the meta-gradient's global norm
-    progress: Optional[bool] = None  # tqdm bar; None = only when stderr is a terminal
+    resume: str | None = None  # a checkpoint path, or auto for this run dir's last.pt
+    grad_clip: float | None = None  # clip the meta-gradient's global norm
+    progress: bool | None = None  # tqdm bar; None = only when stderr is a terminal
     figures: bool = True  # task-specific figures (sinusoid: adapted curves) at validation
 
 
@@ -135,9 +135,9 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     episodes: int = 600  # held-out tasks to evaluate on
-    steps: Optional[int] = None  # inner steps at test time; None = the run's inner_loop.eval_steps
+    steps: int | None = None  # inner steps at test time; None = the run's inner_loop.eval_steps
     split: str = "test"  # val or test
-    output: Optional[str] = None  # eval.json path; None = the eval run dir
+    output: str | None = None  # eval.json path; None = the eval run dir
     batch_size: int = 100  # tasks adapted together
 
 

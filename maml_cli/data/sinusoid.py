@@ -42,9 +42,7 @@ class SinusoidTasks:
     ) -> None:
         for name, bounds in (("amplitude", amplitude), ("phase", phase), ("x_range", x_range)):
             if len(bounds) != 2 or not bounds[0] <= bounds[1]:
-                raise ConfigError(
-                    f"dataset.{name} must be [low, high] with low <= high, got {list(bounds)}"
-                )
+                raise ConfigError(f"dataset.{name} must be [low, high] with low <= high, got {list(bounds)}")
         self.shots = shots
         self.query = query
         self.amplitude = (float(amplitude[0]), float(amplitude[1]))
@@ -80,9 +78,7 @@ class SinusoidTasks:
         generator.manual_seed(self.seed + _SPLIT_SEEDS[split])
         return generator
 
-    def sample_task_parameters(
-        self, num_tasks: int, generator: torch.Generator
-    ) -> tuple[Tensor, Tensor]:
+    def sample_task_parameters(self, num_tasks: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Amplitudes and phases, each ``[num_tasks, 1, 1]``."""
         amplitude = self._uniform((num_tasks, 1, 1), self.amplitude, generator)
         phase = self._uniform((num_tasks, 1, 1), self.phase, generator)

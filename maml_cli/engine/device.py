@@ -13,11 +13,7 @@ def resolve_device(choice: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(choice)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"trainer.device={choice} but no CUDA GPU is visible: use trainer.device=cpu or auto"
-        )
+        raise ConfigError(f"trainer.device={choice} but no CUDA GPU is visible: use trainer.device=cpu or auto")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(
-            f"trainer.device={choice} but only {torch.cuda.device_count()} GPU(s) are visible"
-        )
+        raise ConfigError(f"trainer.device={choice} but only {torch.cuda.device_count()} GPU(s) are visible")
     return device

@@ -39,8 +39,12 @@ def sinusoid_figure(tasks: SinusoidTasks, algorithm, num_tasks: int = 3, steps=(
             label = "pre-update" if k == 0 else f"{k} grad step{'s' if k > 1 else ''}"
             ax.plot(x, curves[k][i, :, 0], ls=style, color="tab:green", label=label)
         ax.scatter(
-            episodes.support_x[i, :, 0].cpu(), episodes.support_y[i, :, 0].cpu(),
-            marker="^", color="tab:purple", zorder=3, label=f"{tasks.shots} support points",
+            episodes.support_x[i, :, 0].cpu(),
+            episodes.support_y[i, :, 0].cpu(),
+            marker="^",
+            color="tab:purple",
+            zorder=3,
+            label=f"{tasks.shots} support points",
         )
         ax.set_title(f"A={amplitude[i].item():.2f}, phase={phase[i].item():.2f}")
         ax.set_xlabel("x")

@@ -52,6 +52,7 @@ class Trainer:
         self.best: dict[str, Any] | None = None
         self.last_val: dict[str, Any] | None = None
         self._stop_signal: int | None = None
+        self.step_seconds: list[float] = []  # wall time of each step this process ran, all included
         self._maybe_resume()
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -106,8 +107,12 @@ class Trainer:
     def validate(self) -> dict[str, Any]:
         trainer = self.cfg.trainer
         scores = score_tasks(
-            self.algorithm, self.tasks, "val", int(trainer.val_tasks),
-            steps=self.algorithm.eval_steps, batch_size=int(trainer.meta_batch_size) * 4,
+            self.algorithm,
+            self.tasks,
+            "val",
+            int(trainer.val_tasks),
+            steps=self.algorithm.eval_steps,
+            batch_size=int(trainer.meta_batch_size) * 4,
         )
         before, after = Estimate.of(scores[0]), Estimate.of(scores[-1])
         self.last_val = {
@@ -138,18 +143,28 @@ class Trainer:
         strategy = self.algorithm.strategy()
         log.info(
             "run dir %s | device %s | task batching %s | steps %d -> %d",
-            self.run_dir, self.device, strategy, self.step, max_steps,
+            self.run_dir,
+            self.device,
+            strategy,
+            self.step,
+            max_steps,
         )
         writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
         progress = tqdm(
-            total=max_steps, initial=self.step, desc="meta-train", unit="step", dynamic_ncols=True,
-            disable=None if trainer.progress is None else not trainer.progress, mininterval=0.5,
+            total=max_steps,
+            initial=self.step,
+            desc="meta-train",
+            unit="step",
+            dynamic_ncols=True,
+            disable=None if trainer.progress is None else not trainer.progress,
+            mininterval=0.5,
         )
         window = _Window(self.device)
         started = time.perf_counter()
         params = [p for p in self.algorithm.parameters() if p.requires_grad]
         try:
             with _graceful_stop(self):
+                tick = time.perf_counter()
                 while self.step < max_steps:
                     batch = self.tasks.sample(int(trainer.meta_batch_size), self.task_generator)
                     self.optimizer.zero_grad(set_to_none=True)
@@ -173,7 +188,8 @@ class Trainer:
                             writer.add_scalar(f"train/{name}", value, self.step)
                         writer.add_scalar("train/lr", lr, self.step)
                         progress.set_postfix(
-                            loss=f"{stats['loss_after']:.4g}", tasks_s=f"{stats['tasks_per_s']:.0f}",
+                            loss=f"{stats['loss_after']:.4g}",
+                            tasks_s=f"{stats['tasks_per_s']:.0f}",
                             refresh=False,
                         )
                     if self.step % int(trainer.val_every) == 0 or self.step == max_steps:
@@ -182,6 +198,9 @@ class Trainer:
                         self._save("last.pt")
                     if self._stop_signal is not None:
                         self._interrupt()
+                    tock = time.perf_counter()
+                    self.step_seconds.append(tock - tick)
+                    tick = tock
             if self.last_val is None or self.last_val["step"] != self.step:
                 self._validate_and_log(writer, metric)  # resumed at max_steps, or nothing ran
             wall = time.perf_counter() - started
@@ -190,7 +209,12 @@ class Trainer:
             self._write_figure(writer, final=True)
             log.info(
                 "done: step %d, val %s %.4g (best %.4g at step %d), %.1fs",
-                self.step, metric, self.last_val["value"], self.best["value"], self.best["step"], wall,
+                self.step,
+                metric,
+                self.last_val["value"],
+                self.best["value"],
+                self.best["step"],
+                wall,
             )
             return metrics
         finally:
@@ -208,7 +232,12 @@ class Trainer:
         self._write_figure(writer, final=False)
         log.info(
             "step %d: val %s %.4g +- %.2g after %d steps (%.4g before)",
-            self.step, metric, val["value"], val["ci95"], val["eval_steps"], val["before_adaptation"],
+            self.step,
+            metric,
+            val["value"],
+            val["ci95"],
+            val["eval_steps"],
+            val["before_adaptation"],
         )
 
     def _write_figure(self, writer, final: bool) -> None:
@@ -229,6 +258,8 @@ class Trainer:
             plt.close(fig)
 
     def _metrics(self, wall: float) -> dict[str, Any]:
+        times = sorted(self.step_seconds)
+        median_ms = round(1e3 * times[len(times) // 2], 4) if times else None
         return {
             "metric": self.tasks.metric_name,
             "higher_is_better": self.tasks.higher_is_better,
@@ -238,6 +269,9 @@ class Trainer:
             "wall_time_s": round(wall, 3),
             "task_batching": self.algorithm.strategy(),
             "device": str(self.device),
+            # Per step, everything included (sampling, meta-step, optimizer, logging, validation).
+            "median_step_ms": median_ms,
+            "peak_memory_mb": _peak_memory_mb(self.device),
         }
 
     def _fail_non_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
@@ -261,6 +295,15 @@ class Trainer:
             f"maml-train hydra.run.dir={self.run_dir} trainer.resume=auto (same overrides as before)",
             signum,
         )
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated on a CUDA device, else the process's peak resident memory."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
 class _Window:
