@@ -218,6 +218,12 @@ def test_train_bad_input(tmp_path, override, fragments):
     assert_one_line_error(proc, *fragments)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_train_on_cuda_without_a_gpu(tmp_path):
+    proc = run_cli("maml-train", *TINY, *QUIET, "trainer.device=cuda", "hydra.run.dir=r", cwd=tmp_path)
+    assert_one_line_error(proc, "no CUDA GPU is visible", "trainer.device=cpu")
+
+
 def test_train_unwritable_run_dir(tmp_path):
     (tmp_path / "a_file").write_text("keep me")
     proc = run_cli("maml-train", *TINY, *QUIET, "hydra.run.dir=a_file/run", cwd=tmp_path)

@@ -106,6 +106,7 @@ class Trainer:
 
     def validate(self) -> dict[str, Any]:
         trainer = self.cfg.trainer
+        # No meta-graph is kept at evaluation, so several meta-batches of tasks fit at once.
         scores = score_tasks(
             self.algorithm,
             self.tasks,
@@ -160,7 +161,7 @@ class Trainer:
             mininterval=0.5,
         )
         window = _Window(self.device)
-        started = time.perf_counter()
+        self._started = started = time.perf_counter()
         params = [p for p in self.algorithm.parameters() if p.requires_grad]
         try:
             with _graceful_stop(self):
@@ -288,7 +289,8 @@ class Trainer:
         signum = self._stop_signal
         path = self._save("last.pt")
         if self.last_val is not None:
-            write_json(self._metrics(0.0) | {"interrupted_at_step": self.step}, self.run_dir / "metrics.json")
+            wall = time.perf_counter() - self._started
+            write_json(self._metrics(wall) | {"interrupted_at_step": self.step}, self.run_dir / "metrics.json")
         name = signal.Signals(signum).name
         raise TrainingInterrupted(
             f"{name}: stopped at step {self.step} and saved {path}; continue with "

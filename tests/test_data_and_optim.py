@@ -1,0 +1,77 @@
+"""Sinusoid tasks follow the paper's distribution; held-out sets are fixed; schedules decay as said."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from maml_cli.data import SinusoidTasks
+from maml_cli.engine.optim import build_optimizer, build_scheduler
+from maml_cli.errors import ConfigError
+
+from .helpers import compose_train
+
+
+def test_sinusoid_tasks_follow_the_paper_distribution():
+    tasks = SinusoidTasks(shots=7, query=3)
+    gen = torch.Generator().manual_seed(0)
+    amplitude, phase = tasks.sample_task_parameters(20_000, gen)
+    assert 0.1 <= amplitude.min() and amplitude.max() <= 5.0
+    assert 0.0 <= phase.min() and phase.max() <= math.pi
+    assert abs(amplitude.mean().item() - 2.55) < 0.05 and abs(phase.mean().item() - math.pi / 2) < 0.05
+    batch = tasks.episodes_for(amplitude[:4], phase[:4], gen)
+    assert batch.support_x.shape == (4, 7, 1) and batch.query_y.shape == (4, 3, 1)
+    assert batch.support_x.abs().max() <= 5.0
+    torch.testing.assert_close(batch.support_y, amplitude[:4] * torch.sin(batch.support_x - phase[:4]))
+
+
+def test_held_out_tasks_are_fixed_and_apart_from_training():
+    tasks = SinusoidTasks(seed=3)
+    val_a, val_b = tasks.fixed_tasks("val", 50), tasks.fixed_tasks("val", 50)
+    assert torch.equal(val_a.support_x, val_b.support_x) and torch.equal(val_a.query_y, val_b.query_y)
+    test = tasks.fixed_tasks("test", 50)
+    train = tasks.sample(50, torch.Generator().manual_seed(3))
+    assert not torch.equal(val_a.support_x, test.support_x)
+    assert not torch.equal(val_a.support_x, train.support_x)
+    assert not torch.equal(SinusoidTasks(seed=4).fixed_tasks("val", 50).support_x, val_a.support_x)
+    with pytest.raises(ConfigError, match="unknown split 'train'"):
+        tasks.fixed_tasks("train", 5)
+
+
+def test_same_seed_same_training_stream():
+    tasks = SinusoidTasks()
+    a = tasks.sample(5, torch.Generator().manual_seed(11))
+    b = tasks.sample(5, torch.Generator().manual_seed(11))
+    assert torch.equal(a.query_x, b.query_x)
+
+
+def test_cosine_schedule_with_warmup_reaches_min_lr():
+    cfg = compose_train(
+        "optimizer=sgd",
+        "optimizer.schedule=cosine",
+        "optimizer.lr=0.1",
+        "optimizer.min_lr=0.01",
+        "optimizer.warmup_steps=10",
+    )
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = build_optimizer(cfg.optimizer, [param])
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
+    scheduler = build_scheduler(cfg.optimizer, optimizer, max_steps=110)
+    lrs = []
+    for _ in range(110):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.1)  # linear warm-up
+    assert lrs[60] == pytest.approx(0.01 + 0.09 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+
+
+def test_adam_and_adamw_take_their_settings():
+    cfg = compose_train("optimizer=adamw", "optimizer.betas=[0.8,0.9]")
+    optimizer = build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))])
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.defaults["betas"] == (0.8, 0.9) and optimizer.defaults["weight_decay"] == 0.01
