@@ -75,3 +75,11 @@ def test_adam_and_adamw_take_their_settings():
     optimizer = build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))])
     assert isinstance(optimizer, torch.optim.AdamW)
     assert optimizer.defaults["betas"] == (0.8, 0.9) and optimizer.defaults["weight_decay"] == 0.01
+
+
+def test_held_out_tasks_do_not_depend_on_the_batch_size():
+    tasks = SinusoidTasks()
+    whole = next(tasks.held_out("test", 30, 30))
+    parts = list(tasks.held_out("test", 30, 7))
+    assert [p.num_tasks for p in parts] == [7, 7, 7, 7, 2]
+    assert torch.equal(torch.cat([p.support_x for p in parts]), whole.support_x)

@@ -9,7 +9,7 @@ so sampling a meta-batch is a handful of ``torch.rand`` calls.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -65,7 +65,13 @@ class SinusoidTasks:
         amplitude, phase = self.sample_task_parameters(num_tasks, generator)
         return self.episodes_for(amplitude, phase, generator)
 
+    def held_out(self, split: str, num_tasks: int, batch_size: int) -> Iterator[TaskBatch]:
+        batch = self.fixed_tasks(split, num_tasks)
+        for start in range(0, num_tasks, batch_size):
+            yield batch.slice(start, start + batch_size)
+
     def fixed_tasks(self, split: str, num_tasks: int) -> TaskBatch:
+        """All ``num_tasks`` held-out tasks of ``split`` at once (they are small)."""
         return self.sample(num_tasks, self.split_generator(split))
 
     # -- pieces, public for figures and tests ----------------------------------------------------

@@ -63,6 +63,8 @@ class TaskDistribution(Protocol):
         """A fresh meta-batch from the training distribution, drawn with ``generator``."""
         ...
 
-    def fixed_tasks(self, split: str, num_tasks: int) -> TaskBatch:
-        """The same held-out tasks every time for ``split`` in ``{"val", "test"}``."""
+    def held_out(self, split: str, num_tasks: int, batch_size: int) -> Iterator[TaskBatch]:
+        """The same ``num_tasks`` held-out tasks of ``split`` (``"val"`` or ``"test"``) every time,
+        in batches of at most ``batch_size``; which tasks they are must not depend on
+        ``batch_size``. Only a batch at a time needs to be in memory."""
         ...

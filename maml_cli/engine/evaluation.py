@@ -29,9 +29,8 @@ def score_tasks(algorithm, tasks, split: str, num_tasks: int, steps: int, batch_
 
     Returns ``[steps + 1, num_tasks]`` on the CPU; row 0 is before adaptation.
     """
-    batch = tasks.fixed_tasks(split, num_tasks)
-    rows = []
-    for start in range(0, num_tasks, batch_size):
-        part = batch.slice(start, start + batch_size)
-        rows.append(algorithm.evaluate(part, tasks.metric, steps=steps).cpu())
+    rows = [
+        algorithm.evaluate(batch, tasks.metric, steps=steps).cpu()
+        for batch in tasks.held_out(split, num_tasks, batch_size)
+    ]
     return torch.cat(rows, dim=1)
