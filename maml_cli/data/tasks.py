@@ -7,7 +7,7 @@ algorithm never sees file formats, samplers or data loaders.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
