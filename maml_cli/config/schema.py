@@ -10,13 +10,14 @@ Keys here are public API: later features and users' scripts rely on their names.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from maml_cli.config.datasets import DATASET_SCHEMAS, DatasetConfig
 
 
 class TaskBatchingChoice(str, Enum):
@@ -30,24 +31,7 @@ class Schedule(str, Enum):
     cosine = "cosine"
 
 
-# -- dataset -----------------------------------------------------------------------------------
-
-
-@dataclass
-class DatasetConfig:
-    """Keys every task distribution has. ``_target_`` names the class that builds the tasks."""
-
-    _target_: str = MISSING
-    shots: int = 10  # support examples per task (per class, for classification)
-    query: int = 10  # query examples per task (per class, for classification)
-
-
-@dataclass
-class SinusoidConfig(DatasetConfig):
-    _target_: str = "maml_cli.data.sinusoid.SinusoidTasks"
-    amplitude: tuple[float, float] = (0.1, 5.0)
-    phase: tuple[float, float] = (0.0, math.pi)
-    x_range: tuple[float, float] = (-5.0, 5.0)
+# -- dataset: the schemas of each task distribution are in config/datasets.py ---------------
 
 
 # -- inner loop (the algorithm) ----------------------------------------------------------------
@@ -153,7 +137,8 @@ def register_configs() -> None:
     """Put the schemas in Hydra's ConfigStore, where the YAML files' defaults lists find them."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
-    cs.store(group="dataset", name="sinusoid_schema", node=SinusoidConfig)
+    for name, node in DATASET_SCHEMAS.items():
+        cs.store(group="dataset", name=name, node=node)
     cs.store(group="inner_loop", name="maml_schema", node=InnerLoopConfig)
     cs.store(group="optimizer", name="adam_schema", node=AdamConfig)
     cs.store(group="optimizer", name="adamw_schema", node=AdamWConfig)
