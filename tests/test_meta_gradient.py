@@ -71,8 +71,9 @@ class Tiny(nn.Module):
         return self.out(torch.tanh(self.hidden(x)))
 
 
-def _meta_loss(model, algo_kwargs, batch, flat: torch.Tensor) -> torch.Tensor:
-    """Mean query loss after adaptation, written out by hand from the MAML equations."""
+def _meta_loss(model, algo_kwargs, batch, flat: torch.Tensor, adapt=lambda name: True) -> torch.Tensor:
+    """Mean query loss after adaptation, written out by hand from the MAML equations; only the
+    parameters for which ``adapt(name)`` holds take inner steps (all for MAML, the head for ANIL)."""
     names = [n for n, _ in model.named_parameters()]
     shapes = [p.shape for _, p in model.named_parameters()]
     losses = []
@@ -84,7 +85,8 @@ def _meta_loss(model, algo_kwargs, batch, flat: torch.Tensor) -> torch.Tensor:
             loss = nn.functional.mse_loss(pred, batch.support_y[t])
             grads = torch.autograd.grad(loss, list(params.values()))
             params = {
-                n: (p - algo_kwargs["lr"] * g).detach().requires_grad_(True) for (n, p), g in zip(params.items(), grads)
+                n: (p - algo_kwargs["lr"] * g * adapt(n)).detach().requires_grad_(True)
+                for (n, p), g in zip(params.items(), grads)
             }
         pred = torch.func.functional_call(model, params, (batch.query_x[t],))
         losses.append(nn.functional.mse_loss(pred, batch.query_y[t]).detach())
@@ -118,6 +120,32 @@ def test_second_order_meta_gradient_matches_finite_differences(strategy):
     MAML(model, dist.loss, first_order=True, task_batching=strategy, **kwargs).meta_backward(batch)
     first = torch.cat([p.grad.flatten() for p in model.parameters()])
     assert rel_diff(first, numeric) > 1e-3
+
+
+def test_anil_meta_gradient_matches_finite_differences_for_both_strategies():
+    from maml_cli.algorithms import ANIL
+
+    torch.manual_seed(4)
+    model = Tiny().double()
+    dist = SinusoidTasks(shots=4, query=5, dtype=torch.float64)
+    batch = dist.sample(3, torch.Generator().manual_seed(6))
+    kwargs = {"steps": 2, "lr": 0.1}
+    theta = torch.cat([p.detach().flatten() for p in model.parameters()])
+    eps = 1e-6
+    numeric = torch.empty_like(theta)
+    for i in range(theta.numel()):
+        step = torch.zeros_like(theta)
+        step[i] = eps
+        plus = _meta_loss(model, kwargs, batch, theta + step, adapt=lambda n: n.startswith("out."))
+        minus = _meta_loss(model, kwargs, batch, theta - step, adapt=lambda n: n.startswith("out."))
+        numeric[i] = (plus - minus) / (2 * eps)
+    for strategy in ("vmap", "loop"):
+        model.zero_grad()
+        anil = ANIL(model, dist.loss, task_batching=strategy, **kwargs)
+        assert anil.head == "out"
+        anil.meta_backward(batch)
+        analytic = torch.cat([p.grad.flatten() for p in model.parameters()])
+        assert rel_diff(analytic, numeric) <= 1e-6
 
 
 def test_evaluate_matches_adapt_and_reports_every_step():

@@ -5,6 +5,7 @@ three verbs the engine uses: ``meta_backward(batch)``, ``evaluate(batch, metric,
 ``adapt(support_x, support_y, steps)``. It knows nothing of logging, checkpoints or the CLI.
 """
 
+from maml_cli.algorithms.anil import ANIL
 from maml_cli.algorithms.maml import MAML, MetaStepOutput
 
-__all__ = ["MAML", "MetaStepOutput"]
+__all__ = ["ANIL", "MAML", "MetaStepOutput"]

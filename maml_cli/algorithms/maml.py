@@ -91,11 +91,16 @@ class MAML(nn.Module):
     # -- forward passes ------------------------------------------------------------------------
 
     def initial_params(self) -> Params:
-        """The meta-learned initialisation ``theta`` as a dict (the live parameters)."""
+        """The part of the initialisation ``theta`` the inner loop adapts (MAML: all of it).
+
+        These are the live parameters. Parameters left out (ANIL's body) are still used by the
+        forward pass, through the module itself, and still meta-learned by the outer loop.
+        """
         return dict(self.model.named_parameters())
 
     def forward_with(self, params: Params, x: Tensor) -> Tensor:
-        """The model's output on one task's inputs with parameters ``params``."""
+        """The model's output on one task's inputs with parameters ``params`` (the module's own
+        parameters stand in for any that ``params`` leaves out)."""
         buffers = dict(self.model.named_buffers())
         return functional_call(self.model, (params, buffers), (x,))
 

@@ -91,8 +91,9 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "split": split,
         "episodes": episodes,
         "steps": steps,
-        "shots": int(run_cfg.dataset.shots),
-        "query": int(run_cfg.dataset.query),
+        "shots": int(getattr(run.tasks, "eval_shots", run_cfg.dataset.shots)),
+        "query": int(getattr(run.tasks, "eval_query", run_cfg.dataset.query)),
+        "ways": getattr(run.tasks, "ways", None),
         "mean": per_step[-1].mean,
         "ci95": per_step[-1].ci95,
         "pre_adaptation_mean": per_step[0].mean,
@@ -110,14 +111,16 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def _print_table(result: dict[str, Any], per_step: list[Estimate], output: Path) -> None:
     metric = result["metric"]
+    scale, unit = (100.0, "%") if metric == "accuracy" else (1.0, "")
     print(
         f"{result['episodes']} {result['split']} tasks, {result['shots']}-shot, "
         f"checkpoint step {result['checkpoint_step']}"
     )
-    print(f"{'adaptation':<16}{metric:>12}{'95% CI':>12}")
+    print(f"{'adaptation':<16}{metric + (' (%)' if unit else ''):>14}{'95% CI':>12}")
     for k in _steps_to_show(result["steps"]):
         label = "before" if k == 0 else f"after {k} step{'s' if k > 1 else ''}"
-        print(f"{label:<16}{per_step[k].mean:>12.4f}{'± ' + format(per_step[k].ci95, '.4f'):>12}")
+        mean, ci = scale * per_step[k].mean, scale * per_step[k].ci95
+        print(f"{label:<16}{mean:>14.4f}{'± ' + format(ci, '.4f'):>12}")
     if result["non_finite_tasks"]:
         print(
             f"warning: adaptation diverged (NaN/inf) on {result['non_finite_tasks']} of "

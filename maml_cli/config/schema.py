@@ -50,6 +50,12 @@ class InnerLoopConfig:
     task_chunk: int = 0  # with vmap: tasks adapted at once (0 = whole meta-batch)
 
 
+@dataclass
+class AnilConfig(InnerLoopConfig):
+    _target_: str = "maml_cli.algorithms.anil.ANIL"
+    head: str | None = None  # submodule adapted in the inner loop; None = the last with parameters
+
+
 # -- meta-optimizer ----------------------------------------------------------------------------
 
 
@@ -140,6 +146,7 @@ def register_configs() -> None:
     for name, node in DATASET_SCHEMAS.items():
         cs.store(group="dataset", name=name, node=node)
     cs.store(group="inner_loop", name="maml_schema", node=InnerLoopConfig)
+    cs.store(group="inner_loop", name="anil_schema", node=AnilConfig)
     cs.store(group="optimizer", name="adam_schema", node=AdamConfig)
     cs.store(group="optimizer", name="adamw_schema", node=AdamWConfig)
     cs.store(group="optimizer", name="sgd_schema", node=SGDConfig)
