@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from maml_cli.errors import ConfigError
+from maml_cli.errors import ConfigError, MamlError
 
 
 @dataclass
@@ -31,6 +31,8 @@ def _instantiate(node: DictConfig, group: str, **kwargs):
         return instantiate(node, **kwargs)
     except InstantiationException as exc:
         cause = exc.__cause__ or exc
+        if isinstance(cause, MamlError):  # already says what to do (e.g. where the data is)
+            raise cause from None
         detail = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
         if "Error locating target" in str(exc) or isinstance(cause, (ImportError, AttributeError)):
             detail = f"cannot import {target!r} (is its module on the Python path?)"
