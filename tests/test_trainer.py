@@ -120,3 +120,12 @@ def test_a_model_defined_outside_the_toolkit_trains(tiny_cfg, tmp_path):
     trainer = train(cfg, tmp_path)
     assert type(trainer.algorithm.model).__module__ == "tests.outside_model"
     assert trainer.step == 6
+
+
+def test_wall_clock_budget_stops_cleanly_with_a_history(tiny_cfg, tmp_path):
+    trainer = Trainer(tiny_cfg("trainer.max_steps=1000", "trainer.max_minutes=0.00001"), tmp_path)
+    metrics = trainer.fit()
+    assert trainer.step == 1
+    assert load_checkpoint(tmp_path / "checkpoints/last.pt")["step"] == 1
+    assert [h["step"] for h in metrics["history"]] == [1] and metrics["history"][0]["wall_s"] >= 0
+    assert metrics["last"]["step"] == 1

@@ -97,6 +97,7 @@ class SGDConfig(OptimizerConfig):
 @dataclass
 class TrainerConfig:
     max_steps: int = 70_000  # meta-iterations (outer steps)
+    max_minutes: float | None = None  # also stop after this much wall time (validation included)
     meta_batch_size: int = 25  # tasks per meta-iteration
     val_every: int = 1_000  # steps between validations (and best.pt updates)
     val_tasks: int = 100  # fixed held-out tasks per validation

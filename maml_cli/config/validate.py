@@ -60,6 +60,9 @@ def validate_run_config(cfg: DictConfig | Mapping[str, Any]) -> None:
     require_positive_float(_get(cfg, "optimizer.lr"), "optimizer.lr")
     require_positive_float(_get(cfg, "optimizer.min_lr"), "optimizer.min_lr", allow_zero=True)
     require_positive_int(_get(cfg, "optimizer.warmup_steps"), "optimizer.warmup_steps", allow_zero=True)
+    minutes = _get(cfg, "trainer.max_minutes")
+    if minutes is not None:
+        require_positive_float(minutes, "trainer.max_minutes")
     clip = _get(cfg, "trainer.grad_clip")
     if clip is not None:
         require_positive_float(clip, "trainer.grad_clip")

@@ -52,6 +52,8 @@ class Trainer:
         self.best: dict[str, Any] | None = None
         self.last_val: dict[str, Any] | None = None
         self._stop_signal: int | None = None
+        self._started = time.perf_counter()  # reset when fit() starts
+        self.history: list[dict[str, Any]] = []  # validation figures over steps and wall time
         self.step_seconds: list[float] = []  # wall time of each step this process ran, all included
         self._maybe_resume()
 
@@ -67,6 +69,7 @@ class Trainer:
             "rng": capture_rng_states(self.task_generator),
             "best": self.best,
             "last_val": self.last_val,
+            "history": self.history,
             "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True),
         }
 
@@ -92,6 +95,7 @@ class Trainer:
             ) from None
         self.step = int(state["step"])
         self.last_val = state.get("last_val")
+        self.history = list(state.get("history") or [])
         same_run = path.resolve().parent == self.ckpt_dir.resolve()
         # A run dir's best.pt must exist in that dir: a resumed run in a new dir starts afresh.
         self.best = state.get("best") if same_run else None
@@ -118,6 +122,7 @@ class Trainer:
         before, after = Estimate.of(scores[0]), Estimate.of(scores[-1])
         self.last_val = {
             "step": self.step,
+            "wall_s": round(time.perf_counter() - self._started, 2),
             "value": after.mean,
             "ci95": after.ci95,
             "before_adaptation": before.mean,
@@ -166,6 +171,7 @@ class Trainer:
         try:
             with _graceful_stop(self):
                 tick = time.perf_counter()
+                budget = 60.0 * trainer.max_minutes if trainer.max_minutes else float("inf")
                 while self.step < max_steps:
                     batch = self.tasks.sample(int(trainer.meta_batch_size), self.task_generator)
                     self.optimizer.zero_grad(set_to_none=True)
@@ -181,8 +187,10 @@ class Trainer:
                     self.step += 1
                     window.add(out.loss_before.mean(), loss, grad_norm, batch.num_tasks)
                     progress.update(1)
+                    out_of_time = time.perf_counter() - started >= budget
+                    final = self.step == max_steps or out_of_time
 
-                    if self.step % int(trainer.log_every) == 0 or self.step == max_steps:
+                    if self.step % int(trainer.log_every) == 0 or final:
                         stats = window.flush()
                         lr = self.optimizer.param_groups[0]["lr"]
                         for name, value in stats.items():
@@ -193,15 +201,18 @@ class Trainer:
                             tasks_s=f"{stats['tasks_per_s']:.0f}",
                             refresh=False,
                         )
-                    if self.step % int(trainer.val_every) == 0 or self.step == max_steps:
+                    if self.step % int(trainer.val_every) == 0 or final:
                         self._validate_and_log(writer, metric)
-                    if self.step % int(trainer.ckpt_every) == 0 or self.step == max_steps:
+                    if self.step % int(trainer.ckpt_every) == 0 or final:
                         self._save("last.pt")
                     if self._stop_signal is not None:
                         self._interrupt()
                     tock = time.perf_counter()
                     self.step_seconds.append(tock - tick)
                     tick = tock
+                    if out_of_time:
+                        log.info("trainer.max_minutes=%s reached at step %d", trainer.max_minutes, self.step)
+                        break
             if self.last_val is None or self.last_val["step"] != self.step:
                 self._validate_and_log(writer, metric)  # resumed at max_steps, or nothing ran
             wall = time.perf_counter() - started
@@ -224,6 +235,7 @@ class Trainer:
 
     def _validate_and_log(self, writer, metric: str) -> None:
         val = self.validate()
+        self.history.append({k: val[k] for k in ("step", "wall_s", "value", "ci95")})
         writer.add_scalar(f"val/{metric}", val["value"], self.step)
         writer.add_scalar(f"val/{metric}_before_adaptation", val["before_adaptation"], self.step)
         if self._is_better(val["value"]):
@@ -267,6 +279,7 @@ class Trainer:
             "steps": self.step,
             "last": self.last_val,
             "best": self.best,
+            "history": self.history,
             "wall_time_s": round(wall, 3),
             "task_batching": self.algorithm.strategy(),
             "device": str(self.device),
