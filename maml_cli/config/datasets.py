@@ -9,7 +9,7 @@ function or class that builds the distribution; every other key is one of its ar
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
@@ -57,7 +57,66 @@ class OmniglotConfig(ImageDatasetConfig):
     rotations: bool = True  # 90/180/270-degree turns as extra classes
 
 
+@dataclass
+class MiniImageNetConfig(ImageDatasetConfig):
+    _target_: str = "maml_cli.data.miniimagenet.miniimagenet_tasks"
+    image_size: int = 84
+    channels: int = 3  # 3 = RGB, 1 = grayscale
+    split_dir: str | None = None  # Ravi CSVs for an images/ folder; None = <root>/miniimagenet/splits/ravi
+
+
+@dataclass
+class TieredImageNetConfig(ImageDatasetConfig):
+    _target_: str = "maml_cli.data.tieredimagenet.tieredimagenet_tasks"
+    image_size: int = 84
+    channels: int = 3
+
+
+@dataclass
+class CifarFSConfig(ImageDatasetConfig):
+    _target_: str = "maml_cli.data.cifar.cifar_fs_tasks"
+    image_size: int = 32
+    channels: int = 3
+    split_dir: str | None = None  # JSON class lists; None = <root>/cifar100/splits/cifar-fs
+
+
+@dataclass
+class FC100Config(CifarFSConfig):
+    _target_: str = "maml_cli.data.cifar.fc100_tasks"
+    split_dir: str | None = None  # JSON superclass lists; None = <root>/cifar100/splits/fc100
+
+
+@dataclass
+class CUBConfig(ImageDatasetConfig):
+    _target_: str = "maml_cli.data.cub.cub_tasks"
+    image_size: int = 84
+    channels: int = 3
+    split_dir: str | None = None  # JSON class-folder lists; None = <root>/cub/splits
+
+
+@dataclass
+class ImageFolderConfig(ImageDatasetConfig):
+    """A folder with one sub-folder of images per class; ``root`` and ``download`` are unused."""
+
+    _target_: str = "maml_cli.data.image_folder.image_folder_tasks"
+    path: str | None = None  # the folder of class folders (required)
+    image_size: int = 84
+    channels: int = 3  # 3 = RGB, 1 = grayscale
+    train_classes: list[str] | None = None  # class folder names; all three lists, or none
+    val_classes: list[str] | None = None
+    test_classes: list[str] | None = None
+    split_dir: str | None = None  # train.txt/val.txt/test.txt, one folder name a line
+    split_ratios: list[float] = field(default_factory=lambda: [0.64, 0.16, 0.20])  # when no lists are given
+    split_seed: int = 0  # the seeded permutation of classes that split_ratios cuts
+
+
 DATASET_SCHEMAS: dict[str, type] = {
     "sinusoid_schema": SinusoidConfig,
     "omniglot_schema": OmniglotConfig,
+    "miniimagenet_schema": MiniImageNetConfig,
+    "tieredimagenet_schema": TieredImageNetConfig,
+    "cifar_fs_schema": CifarFSConfig,
+    "fc100_schema": FC100Config,
+    "cub_schema": CUBConfig,
+    "image_folder_schema": ImageFolderConfig,
 }

@@ -11,6 +11,7 @@ device.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,18 @@ log = logging.getLogger("maml_cli")
 
 _SPLIT_SEEDS = {"val": 1_000_003, "test": 2_000_003}
 CACHE_FORMAT = 1
+
+
+def default_data_root() -> Path:
+    """Where raw datasets are looked for: ``$MAML_DATA_ROOT``, else a folder in the user's cache."""
+    env = os.environ.get("MAML_DATA_ROOT")
+    return Path(env) if env else Path.home() / ".cache" / "maml-cli" / "data"
+
+
+def default_cache_dir() -> Path:
+    """Where decoded datasets are kept: ``$MAML_CACHE_DIR``, else a folder in the user's cache."""
+    env = os.environ.get("MAML_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "maml-cli" / "cache"
 
 
 @dataclass

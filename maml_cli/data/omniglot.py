@@ -22,30 +22,26 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from maml_cli.data.images import FewShotImageTasks, ImageCache, SplitClasses, with_rotations
+from maml_cli.data.images import (
+    FewShotImageTasks,
+    ImageCache,
+    SplitClasses,
+    default_cache_dir,
+    default_data_root,
+    with_rotations,
+)
 from maml_cli.errors import ConfigError, MamlError
 
 log = logging.getLogger("maml_cli")
 
 PARTS = ("images_background", "images_evaluation")
 NUM_CHARACTERS, DRAWINGS = 1623, 20
-
-
-def default_data_root() -> Path:
-    env = os.environ.get("MAML_DATA_ROOT")
-    return Path(env) if env else Path.home() / ".cache" / "maml-cli" / "data"
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("MAML_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "maml-cli" / "cache"
 
 
 def _candidates(root: Path) -> list[Path]:
