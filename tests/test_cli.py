@@ -306,3 +306,42 @@ def test_eval_unwritable_output_keeps_existing_files(trained, tmp_path):
     )
     assert_one_line_error(proc, "cannot write eval.output", "a_file")
     assert (tmp_path / "a_file").read_text() == "keep me"
+
+
+def test_own_images_train_and_evaluate_with_the_image_folder_preset(tmp_path):
+    from .fixtures_images import image_folder
+
+    image_folder(tmp_path / "my_images")  # 12 classes of 4 images
+    common = [f"dataset.cache_dir={tmp_path / 'cache'}"]
+    proc = run_cli(
+        "maml-train",
+        "experiment=image_folder",
+        f"dataset.path={tmp_path / 'my_images'}",
+        *common,
+        "dataset.ways=2",
+        "dataset.shots=1",
+        "dataset.query=2",
+        "dataset.image_size=16",
+        "model.hidden=4",
+        "dataset.split_ratios=[0.5,0.25,0.25]",
+        "inner_loop.steps=1",
+        "inner_loop.eval_steps=2",
+        "trainer.max_steps=2",
+        "trainer.val_every=1",
+        "trainer.val_tasks=4",
+        "trainer.meta_batch_size=2",
+        *QUIET,
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "run/metrics.json").read_text())["metric"] == "accuracy"
+    proc = run_cli(
+        "maml-eval",
+        f"checkpoint={tmp_path / 'run/checkpoints/last.pt'}",
+        "eval.episodes=6",
+        "hydra.run.dir=ev",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "ev/eval.json").read_text())["ways"] == 2
