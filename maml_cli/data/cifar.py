@@ -107,7 +107,17 @@ def _split_names(variant: str, split_dir: Path, class_names: list[str]) -> dict[
     return splits
 
 
-def _tasks(variant: str, root, cache_dir, download, split_dir, image_size, channels, **episodes) -> FewShotImageTasks:
+def _tasks(
+    variant: str,
+    root: str | None = None,
+    cache_dir: str | None = None,
+    download: bool = False,
+    split_dir: str | None = None,
+    image_size: int = 32,
+    channels: int = 3,
+    **episodes,
+) -> FewShotImageTasks:
+    """CIFAR-FS or FC100; ``episodes`` are the episode keys (ways, shots, ..., seed, device)."""
     check_image_options(image_size, channels)
     base = data_root(root)
     folder = locate(base)
@@ -139,69 +149,11 @@ def _tasks(variant: str, root, cache_dir, download, split_dir, image_size, chann
     )
 
 
-def cifar_fs_tasks(
-    root: str | None = None,
-    cache_dir: str | None = None,
-    download: bool = False,
-    split_dir: str | None = None,
-    image_size: int = 32,
-    ways: int = 5,
-    shots: int = 1,
-    query: int = 15,
-    eval_shots: int | None = None,
-    eval_query: int | None = None,
-    channels: int = 3,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-) -> FewShotImageTasks:
-    """Build the CIFAR-FS task distribution; the arguments are the ``dataset`` config keys."""
-    return _tasks(
-        "CIFAR-FS",
-        root,
-        cache_dir,
-        download,
-        split_dir,
-        image_size,
-        channels,
-        ways=ways,
-        shots=shots,
-        query=query,
-        eval_shots=eval_shots,
-        eval_query=eval_query,
-        seed=seed,
-        device=device,
-    )
+def cifar_fs_tasks(**keys) -> FewShotImageTasks:
+    """Build the CIFAR-FS task distribution; ``keys`` are the ``dataset`` config keys."""
+    return _tasks("CIFAR-FS", **keys)
 
 
-def fc100_tasks(
-    root: str | None = None,
-    cache_dir: str | None = None,
-    download: bool = False,
-    split_dir: str | None = None,
-    image_size: int = 32,
-    ways: int = 5,
-    shots: int = 1,
-    query: int = 15,
-    eval_shots: int | None = None,
-    eval_query: int | None = None,
-    channels: int = 3,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-) -> FewShotImageTasks:
-    """Build the FC100 task distribution; the arguments are the ``dataset`` config keys."""
-    return _tasks(
-        "FC100",
-        root,
-        cache_dir,
-        download,
-        split_dir,
-        image_size,
-        channels,
-        ways=ways,
-        shots=shots,
-        query=query,
-        eval_shots=eval_shots,
-        eval_query=eval_query,
-        seed=seed,
-        device=device,
-    )
+def fc100_tasks(**keys) -> FewShotImageTasks:
+    """Build the FC100 task distribution; ``keys`` are the ``dataset`` config keys."""
+    return _tasks("FC100", **keys)
