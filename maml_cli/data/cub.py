@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from maml_cli.data.image_files import (
     IMAGENET_STATS,
     SPLITS,
@@ -63,16 +61,11 @@ def cub_tasks(
     download: bool = False,
     split_dir: str | None = None,
     image_size: int = 84,
-    ways: int = 5,
-    shots: int = 1,
-    query: int = 15,
-    eval_shots: int | None = None,
-    eval_query: int | None = None,
     channels: int = 3,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
+    **episodes,
 ) -> FewShotImageTasks:
-    """Build the CUB task distribution; the arguments are the ``dataset`` config keys."""
+    """Build the CUB task distribution; the arguments are the ``dataset`` config keys
+    (``episodes``: ways, shots, query, eval_shots, eval_query, seed, device)."""
     check_image_options(image_size, channels)
     base = data_root(root)
     images = next((folder for folder in candidates(base) if folder.is_dir()), None)
@@ -94,11 +87,5 @@ def cub_tasks(
         stats=IMAGENET_STATS,
         channels=channels,
         where=images,
-        ways=ways,
-        shots=shots,
-        query=query,
-        eval_shots=eval_shots,
-        eval_query=eval_query,
-        seed=seed,
-        device=device,
+        **episodes,
     )

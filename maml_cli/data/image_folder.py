@@ -101,14 +101,8 @@ def image_folder_tasks(
     cache_dir: str | None = None,
     download: bool = False,
     image_size: int = 84,
-    ways: int = 5,
-    shots: int = 1,
-    query: int = 15,
-    eval_shots: int | None = None,
-    eval_query: int | None = None,
     channels: int = 3,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
+    **episodes,
 ) -> FewShotImageTasks:
     """Build tasks over the class folders in ``path``; the arguments are the ``dataset`` config keys
     (``root`` and ``download`` are not used: the images are where ``path`` says)."""
@@ -144,11 +138,5 @@ def image_folder_tasks(
         stats=IMAGENET_STATS,
         channels=channels,
         where=folder,
-        ways=ways,
-        shots=shots,
-        query=query,
-        eval_shots=eval_shots,
-        eval_query=eval_query,
-        seed=seed,
-        device=device,
+        **episodes,
     )

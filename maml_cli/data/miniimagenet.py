@@ -111,16 +111,11 @@ def miniimagenet_tasks(
     download: bool = False,
     split_dir: str | None = None,
     image_size: int = 84,
-    ways: int = 5,
-    shots: int = 1,
-    query: int = 15,
-    eval_shots: int | None = None,
-    eval_query: int | None = None,
     channels: int = 3,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
+    **episodes,
 ) -> FewShotImageTasks:
-    """Build the miniImageNet task distribution; the arguments are the ``dataset`` config keys."""
+    """Build the miniImageNet task distribution; the arguments are the ``dataset`` config keys
+    (``episodes``: ways, shots, query, eval_shots, eval_query, seed, device)."""
     check_image_options(image_size, channels)
     folder = data_root(root) / "miniimagenet"
     images = folder / "images"
@@ -150,11 +145,5 @@ def miniimagenet_tasks(
         stats=IMAGENET_STATS,
         channels=channels,
         where=folder,
-        ways=ways,
-        shots=shots,
-        query=query,
-        eval_shots=eval_shots,
-        eval_query=eval_query,
-        seed=seed,
-        device=device,
+        **episodes,
     )

@@ -141,16 +141,11 @@ def omniglot_tasks(
     val_characters: int = 100,
     rotations: bool = True,
     image_size: int = 28,
-    ways: int = 5,
-    shots: int = 1,
-    query: int = 15,
-    eval_shots: int | None = None,
-    eval_query: int | None = None,
     channels: int = 1,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
+    **episodes,
 ) -> FewShotImageTasks:
-    """Build the Omniglot task distribution; the arguments are the ``dataset`` config keys."""
+    """Build the Omniglot task distribution; the arguments are the ``dataset`` config keys
+    (``episodes``: ways, shots, query, eval_shots, eval_query, seed, device)."""
     if split not in ("maml", "vinyals"):
         raise ConfigError(f"dataset.split must be maml or vinyals, got {split!r}")
     if not 0 < val_characters < 1200:
@@ -179,12 +174,6 @@ def omniglot_tasks(
     return FewShotImageTasks(
         cache,
         splits,
-        ways=ways,
-        shots=shots,
-        query=query,
-        eval_shots=eval_shots,
-        eval_query=eval_query,
-        seed=seed,
-        device=device,
         name="omniglot",
+        **episodes,
     )

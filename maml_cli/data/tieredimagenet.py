@@ -12,8 +12,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
 from maml_cli.data.image_files import (
     IMAGENET_STATS,
     SPLITS,
@@ -58,16 +56,11 @@ def tieredimagenet_tasks(
     cache_dir: str | None = None,
     download: bool = False,
     image_size: int = 84,
-    ways: int = 5,
-    shots: int = 1,
-    query: int = 15,
-    eval_shots: int | None = None,
-    eval_query: int | None = None,
     channels: int = 3,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
+    **episodes,
 ) -> FewShotImageTasks:
-    """Build the tieredImageNet task distribution; the arguments are the ``dataset`` config keys."""
+    """Build the tieredImageNet task distribution; the arguments are the ``dataset`` config keys
+    (``episodes``: ways, shots, query, eval_shots, eval_query, seed, device)."""
     check_image_options(image_size, channels)
     folder = data_root(root) / "tieredimagenet"
     wanted = [folder / split for split in SPLITS]
@@ -87,11 +80,5 @@ def tieredimagenet_tasks(
         stats=IMAGENET_STATS,
         channels=channels,
         where=folder,
-        ways=ways,
-        shots=shots,
-        query=query,
-        eval_shots=eval_shots,
-        eval_query=eval_query,
-        seed=seed,
-        device=device,
+        **episodes,
     )
