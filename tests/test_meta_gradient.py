@@ -93,6 +93,19 @@ def _meta_loss(model, algo_kwargs, batch, flat: torch.Tensor, adapt=lambda name:
     return torch.stack(losses).mean()
 
 
+def _finite_difference_meta_grad(model, algo_kwargs, batch, adapt=lambda name: True, eps=1e-6) -> torch.Tensor:
+    """Central differences of :func:`_meta_loss` in every coordinate of the initialisation."""
+    theta = torch.cat([p.detach().flatten() for p in model.parameters()])
+    numeric = torch.empty_like(theta)
+    for i in range(theta.numel()):
+        step = torch.zeros_like(theta)
+        step[i] = eps
+        plus = _meta_loss(model, algo_kwargs, batch, theta + step, adapt)
+        minus = _meta_loss(model, algo_kwargs, batch, theta - step, adapt)
+        numeric[i] = (plus - minus) / (2 * eps)
+    return numeric
+
+
 @pytest.mark.parametrize("strategy", ["vmap", "loop"])
 def test_second_order_meta_gradient_matches_finite_differences(strategy):
     torch.manual_seed(3)
@@ -104,15 +117,7 @@ def test_second_order_meta_gradient_matches_finite_differences(strategy):
     algo.meta_backward(batch)
     analytic = torch.cat([p.grad.flatten() for p in model.parameters()])
 
-    theta = torch.cat([p.detach().flatten() for p in model.parameters()])
-    eps = 1e-6
-    numeric = torch.empty_like(theta)
-    for i in range(theta.numel()):
-        step = torch.zeros_like(theta)
-        step[i] = eps
-        plus = _meta_loss(model, kwargs, batch, theta + step)
-        minus = _meta_loss(model, kwargs, batch, theta - step)
-        numeric[i] = (plus - minus) / (2 * eps)
+    numeric = _finite_difference_meta_grad(model, kwargs, batch)
     assert rel_diff(analytic, numeric) <= 1e-6
 
     # First-order MAML drops the Hessian terms, so it must miss the finite differences.
@@ -130,15 +135,7 @@ def test_anil_meta_gradient_matches_finite_differences_for_both_strategies():
     dist = SinusoidTasks(shots=4, query=5, dtype=torch.float64)
     batch = dist.sample(3, torch.Generator().manual_seed(6))
     kwargs = {"steps": 2, "lr": 0.1}
-    theta = torch.cat([p.detach().flatten() for p in model.parameters()])
-    eps = 1e-6
-    numeric = torch.empty_like(theta)
-    for i in range(theta.numel()):
-        step = torch.zeros_like(theta)
-        step[i] = eps
-        plus = _meta_loss(model, kwargs, batch, theta + step, adapt=lambda n: n.startswith("out."))
-        minus = _meta_loss(model, kwargs, batch, theta - step, adapt=lambda n: n.startswith("out."))
-        numeric[i] = (plus - minus) / (2 * eps)
+    numeric = _finite_difference_meta_grad(model, kwargs, batch, adapt=lambda n: n.startswith("out."))
     for strategy in ("vmap", "loop"):
         model.zero_grad()
         anil = ANIL(model, dist.loss, task_batching=strategy, **kwargs)
