@@ -78,7 +78,7 @@ def test_episodes_have_the_protocols_shape_labels_and_rotations(tasks):
     assert batch.query_y[0].bincount().tolist() == [15] * 5
     assert 0.0 <= batch.support_x.min() and batch.support_x.max() <= 1.0
     # A class turned by 90 degrees shows its character turned by 90 degrees.
-    table, _, rotations, _ = tasks._tables["train"]
+    table, _, rotations = tasks._tables["train"]
     turned = int((rotations == 1).nonzero()[0])
     index = table[turned, :2].reshape(1, 1, 2)
     upright = tasks._materialize(index, torch.tensor([[0]]), 1, 1).support_x[0, 0]

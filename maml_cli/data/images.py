@@ -149,6 +149,8 @@ class FewShotImageTasks:
             self._mean = torch.tensor(list(mean), device=self.device).reshape(channels, 1, 1)
             self._std = torch.tensor(list(std), device=self.device).reshape(channels, 1, 1)
         self._tables = {split: self._class_table(cache.labels, classes) for split, classes in splits.items()}
+        # Without rotated classes, episodes skip the rotation pass and its device syncs entirely.
+        self._rotates = any(bool(classes.rotations.any()) for classes in splits.values())
         for split in ("train", "val", "test"):
             if split not in self._tables:
                 raise ConfigError(f"dataset {name}: no {split} split was defined")
@@ -159,7 +161,7 @@ class FewShotImageTasks:
     def _check_sizes(self) -> None:
         if self.ways < 2:
             raise ConfigError(f"dataset.ways must be >= 2 for classification, got {self.ways}")
-        for split, (table, counts, _, _) in self._tables.items():
+        for split, (table, counts, _) in self._tables.items():
             per_task = self.shots + self.query if split == "train" else self.eval_shots + self.eval_query
             if table.shape[0] < self.ways:
                 raise ConfigError(
@@ -187,7 +189,7 @@ class FewShotImageTasks:
         flat = (starts[classes.labels, None] + pos).clamp(max=max(len(order) - 1, 0))
         table = torch.where(pos < counts[:, None], order[flat], torch.zeros_like(flat))
         dev = self.device
-        return table.to(dev), counts.to(dev), classes.rotations.to(dev), bool(classes.rotations.any())
+        return table.to(dev), counts.to(dev), classes.rotations.to(dev)
 
     # -- the task distribution interface -------------------------------------------------------
 
@@ -216,7 +218,7 @@ class FewShotImageTasks:
 
     def _pick(self, table_entry, num_tasks: int, per_class: int, generator: torch.Generator):
         """Image indices ``[T, ways, per_class]`` and rotations ``[T, ways]`` of random episodes."""
-        table, counts, rotations, _ = table_entry
+        table, counts, rotations = table_entry
         weights = torch.ones(num_tasks, table.shape[0], device=self.device)
         classes = torch.multinomial(weights, self.ways, replacement=False, generator=generator)
         noise = torch.rand(num_tasks, self.ways, table.shape[1], generator=generator, device=self.device)
@@ -228,7 +230,7 @@ class FewShotImageTasks:
     def _materialize(self, index: Tensor, rotation: Tensor, shots: int, query: int) -> TaskBatch:
         tasks, ways = index.shape[:2]
         x = self.images[index]  # [T, W, S+Q, C, H, W] uint8
-        for quarter_turns in (1, 2, 3):
+        for quarter_turns in (1, 2, 3) if self._rotates else ():
             chosen = rotation == quarter_turns
             if bool(chosen.any()):
                 x[chosen] = torch.rot90(x[chosen], quarter_turns, dims=(-2, -1))
