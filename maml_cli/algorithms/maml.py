@@ -176,8 +176,11 @@ class MAML(nn.Module):
 
     # -- what the engine calls -----------------------------------------------------------------
 
-    def meta_backward(self, batch: TaskBatch) -> MetaStepOutput:
+    def meta_backward(self, batch: TaskBatch, step: int = 0) -> MetaStepOutput:
         """Accumulate the meta-gradient of the mean query loss into ``.grad`` of the parameters.
+
+        ``step`` is the number of meta-steps taken so far; MAML ignores it, variants that anneal
+        their training (MAML++'s derivative order and multi-step loss weights) read it.
 
         With ``loop`` each task's graph is freed by its own backward pass before the next task
         starts, so memory holds one task's graph at a time; ``vmap`` does the same per chunk.

@@ -56,6 +56,10 @@ class AnilConfig(InnerLoopConfig):
     head: str | None = None  # submodule adapted in the inner loop; None = the last with parameters
 
 
+#: Each ``configs/inner_loop/<name>.yaml`` names ``<name>_schema`` in its defaults list.
+INNER_LOOP_SCHEMAS: dict[str, type] = {"maml": InnerLoopConfig, "anil": AnilConfig}
+
+
 # -- meta-optimizer ----------------------------------------------------------------------------
 
 
@@ -146,8 +150,8 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     for name, node in DATASET_SCHEMAS.items():
         cs.store(group="dataset", name=name, node=node)
-    cs.store(group="inner_loop", name="maml_schema", node=InnerLoopConfig)
-    cs.store(group="inner_loop", name="anil_schema", node=AnilConfig)
+    for name, node in INNER_LOOP_SCHEMAS.items():
+        cs.store(group="inner_loop", name=f"{name}_schema", node=node)
     cs.store(group="optimizer", name="adam_schema", node=AdamConfig)
     cs.store(group="optimizer", name="adamw_schema", node=AdamWConfig)
     cs.store(group="optimizer", name="sgd_schema", node=SGDConfig)

@@ -175,7 +175,7 @@ class Trainer:
                 while self.step < max_steps:
                     batch = self.tasks.sample(int(trainer.meta_batch_size), self.task_generator)
                     self.optimizer.zero_grad(set_to_none=True)
-                    out = self.algorithm.meta_backward(batch)
+                    out = self.algorithm.meta_backward(batch, step=self.step)
                     loss = out.loss_after.mean()
                     grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
                     if not torch.isfinite(loss + grad_norm):
