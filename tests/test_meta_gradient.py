@@ -145,6 +145,25 @@ def test_anil_meta_gradient_matches_finite_differences_for_both_strategies():
         assert rel_diff(analytic, numeric) <= 1e-6
 
 
+@pytest.mark.parametrize("strategy", ["vmap", "loop"])
+def test_zero_head_meta_gradient_matches_finite_differences(strategy):
+    """With the zeroing trick every task starts from a zero head: the head is not meta-learned,
+    and the body's meta-gradient is that of MAML whose initial head is fixed at zero."""
+    torch.manual_seed(7)
+    model = Tiny().double()
+    dist = SinusoidTasks(shots=4, query=5, dtype=torch.float64)
+    batch = dist.sample(3, torch.Generator().manual_seed(8))
+    kwargs = {"steps": 2, "lr": 0.1}
+    algo = MAML(model, dist.loss, zero_head=True, task_batching=strategy, **kwargs)
+    assert torch.count_nonzero(model.out.weight) == 0 and not model.out.weight.requires_grad
+    algo.meta_backward(batch)
+    assert model.out.weight.grad is None and model.out.bias.grad is None
+    analytic = torch.cat([model.hidden.weight.grad.flatten(), model.hidden.bias.grad.flatten()])
+    numeric = _finite_difference_meta_grad(model, kwargs, batch)[: analytic.numel()]
+    assert analytic.norm() > 0
+    assert rel_diff(analytic, numeric) <= 1e-6
+
+
 def test_evaluate_matches_adapt_and_reports_every_step():
     torch.manual_seed(0)
     dist = SinusoidTasks(shots=5, query=7)

@@ -6,6 +6,10 @@ three verbs the engine uses: ``meta_backward(batch, step)``, ``evaluate(batch, m
 """
 
 from maml_cli.algorithms.anil import ANIL
+from maml_cli.algorithms.imaml import IMAML
 from maml_cli.algorithms.maml import MAML, MetaStepOutput
+from maml_cli.algorithms.mamlpp import MAMLPlusPlus
+from maml_cli.algorithms.metasgd import MetaSGD
+from maml_cli.algorithms.reptile import Reptile
 
-__all__ = ["ANIL", "MAML", "MetaStepOutput"]
+__all__ = ["ANIL", "IMAML", "MAML", "MAMLPlusPlus", "MetaSGD", "MetaStepOutput", "Reptile"]

@@ -9,15 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from maml_cli.algorithms.maml import MAML, Params
-
-
-def last_parametrised_module(model: nn.Module) -> str:
-    """The name of the last submodule holding parameters of its own: the head, by convention."""
-    names = [name for name, module in model.named_modules() if any(True for _ in module.parameters(recurse=False))]
-    if not names or names[-1] == "":
-        raise ValueError("cannot tell the model's head: name it with inner_loop.head=<submodule>")
-    return names[-1]
+from maml_cli.algorithms.maml import MAML, Params, last_parametrised_module
 
 
 class ANIL(MAML):
@@ -34,5 +26,5 @@ class ANIL(MAML):
             raise ValueError(f"inner_loop.head={self.head!r} has no parameters; submodules with some: {known}")
 
     def initial_params(self) -> Params:
-        params = dict(self.model.named_parameters())
+        params = super().initial_params()  # zero_head's fresh zeros, when on
         return {name: params[name] for name in self._head_names}

@@ -46,6 +46,14 @@ class MetaStepOutput:
     loss_after: Tensor
 
 
+def last_parametrised_module(model: nn.Module) -> str:
+    """The name of the last submodule holding parameters of its own: the head, by convention."""
+    names = [name for name, module in model.named_modules() if any(True for _ in module.parameters(recurse=False))]
+    if not names or names[-1] == "":
+        raise ValueError("cannot tell the model's head: name it with inner_loop.head=<submodule>")
+    return names[-1]
+
+
 class MAML(nn.Module):
     """Model-agnostic meta-learning of ``model``'s initialisation.
 
@@ -59,6 +67,11 @@ class MAML(nn.Module):
         task_batching: ``vmap``, ``loop`` or ``auto`` (see :mod:`~maml_cli.algorithms.task_batching`).
         task_chunk: with ``vmap``, adapt at most this many tasks at once (0 = the whole
             meta-batch); the meta-gradient is accumulated chunk by chunk to bound memory.
+        zero_head: start every task's inner loop from a zero head (the last submodule with
+            parameters) instead of a meta-learned one: the "zeroing trick" of Kao et al. (2022,
+            "MAML is a Noisy Contrastive Learner in Classification", Sec. 4). Since the classes of a
+            task are in random order, a learned head only adds noise to the first inner step; a
+            zero head makes that step build each class's weights from its own support features.
     """
 
     def __init__(
@@ -71,6 +84,7 @@ class MAML(nn.Module):
         eval_steps: int | None = None,
         task_batching: str = "auto",
         task_chunk: int = 0,
+        zero_head: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -81,6 +95,15 @@ class MAML(nn.Module):
         self.eval_steps = steps if eval_steps is None else eval_steps
         self.task_batching = task_batching
         self.task_chunk = task_chunk
+        self.zero_head = zero_head
+        self._zeroed: set[str] = set()
+        if zero_head:
+            prefix = last_parametrised_module(model) + "."
+            for name, param in model.named_parameters():
+                if name.startswith(prefix):
+                    param.detach().zero_()
+                    param.requires_grad_(False)  # not meta-learned: every task starts from zero
+                    self._zeroed.add(name)
 
     # -- the update rule; variants of MAML override these ------------------------------------------
 
@@ -96,7 +119,10 @@ class MAML(nn.Module):
         These are the live parameters. Parameters left out (ANIL's body) are still used by the
         forward pass, through the module itself, and still meta-learned by the outer loop.
         """
-        return dict(self.model.named_parameters())
+        params = dict(self.model.named_parameters())
+        for name in self._zeroed:  # a fresh leaf, so the inner loop can differentiate through it
+            params[name] = torch.zeros_like(params[name]).requires_grad_(True)
+        return params
 
     def forward_with(self, params: Params, x: Tensor) -> Tensor:
         """The model's output on one task's inputs with parameters ``params`` (the module's own
@@ -214,7 +240,9 @@ class MAML(nn.Module):
     def evaluate(self, batch: TaskBatch, metric: LossFn, steps: int | None = None) -> Tensor:
         """``metric`` on each task's query set after 0, 1, ..., ``steps`` inner steps.
 
-        Returns a ``[steps + 1, T]`` tensor; row 0 is before adaptation. No meta-gradient is
+        Returns a ``[steps + 1, T, ...]`` tensor; row 0 is before adaptation, and ``...`` is the
+        shape of one ``metric`` value (a scalar for a score; ``metric=lambda out, y: out`` returns
+        the query predictions, which is how checkpoint ensembles are scored). No meta-gradient is
         built. Tasks are adapted in chunks of ``task_chunk`` (all at once when 0), or one by one
         with the ``loop`` strategy.
         """
@@ -224,13 +252,13 @@ class MAML(nn.Module):
         if self.strategy() == "loop":
             chunk = 1
         score = vmap(lambda p, xi, yi: metric(self.forward_with(p, xi), yi))
-        rows = torch.empty(steps + 1, num_tasks, device=batch.query_x.device)
+        parts: list[list[Tensor]] = [[] for _ in range(steps + 1)]
         for start in range(0, num_tasks, chunk):
             part = batch.slice(start, start + chunk)
             fast = self._detached_task_params(part.num_tasks)
             for step in range(steps + 1):
                 with torch.no_grad():
-                    rows[step, start : start + part.num_tasks] = score(fast, part.query_x, part.query_y)
+                    parts[step].append(score(fast, part.query_x, part.query_y))
                 if step < steps:
                     fast = self._eval_step(fast, part.support_x, part.support_y, step)
-        return rows
+        return torch.stack([torch.cat(row) for row in parts])

@@ -8,6 +8,8 @@ a misspelt key fails just as it does for ``maml-train``.
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import sys
 from pathlib import Path
@@ -24,7 +26,7 @@ from maml_cli.config import config_dir, register_configs, validate_eval_config, 
 from maml_cli.engine.build import build_run
 from maml_cli.engine.checkpoint import load_checkpoint, write_json
 from maml_cli.engine.device import resolve_device
-from maml_cli.engine.evaluation import Estimate, score_tasks
+from maml_cli.engine.evaluation import Estimate, score_ensemble, score_tasks
 from maml_cli.engine.rng import seed_everything
 from maml_cli.errors import CheckpointError, ConfigError, MamlError
 
@@ -80,7 +82,14 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         ) from None
     steps = int(cfg.eval.steps) if cfg.eval.steps is not None else int(run.algorithm.eval_steps)
     episodes, split = int(cfg.eval.episodes), str(cfg.eval.split)
-    scores = score_tasks(run.algorithm, run.tasks, split, episodes, steps, int(cfg.eval.batch_size))
+    k = int(cfg.eval.ensemble_top_k)
+    members: list[dict[str, Any]] = []
+    if k > 1:
+        members = _top_k_members(Path(path), k)
+        algorithms = [_member_algorithm(run.algorithm, Path(path).parent / "top" / m["file"]) for m in members]
+        scores = score_ensemble(algorithms, run.tasks, split, episodes, steps, int(cfg.eval.batch_size))
+    else:
+        scores = score_tasks(run.algorithm, run.tasks, split, episodes, steps, int(cfg.eval.batch_size))
     per_step = [Estimate.of(row) for row in scores]
     metric = run.tasks.metric_name
     result = {
@@ -102,6 +111,9 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         # Tasks whose final score is NaN or inf (plain SGD can diverge on an unlucky support set);
         # one such task makes the mean infinite, so say how many there were.
         "non_finite_tasks": int((~torch.isfinite(scores[-1])).sum()),
+        "ensemble_top_k": k,
+        # The members' training steps and validation scores (empty: the checkpoint alone).
+        "ensemble": [{"step": m["step"], "val": m["value"]} for m in members],
         "device": str(device),
     }
     write_json(result, output)
@@ -109,13 +121,42 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return result
 
 
+def _top_k_members(checkpoint: Path, k: int) -> list[dict[str, Any]]:
+    """The run's ``k`` best validated checkpoints, from ``checkpoints/top/index.json`` next to
+    ``checkpoint`` (written by ``maml-train trainer.keep_top_k=K``)."""
+    index = checkpoint.parent / "top" / "index.json"
+    how = f"train with trainer.keep_top_k>={k}, or evaluate with eval.ensemble_top_k=1"
+    if not index.is_file():
+        raise ConfigError(f"eval.ensemble_top_k={k} needs {index}, which does not exist; {how}")
+    try:
+        entries = json.loads(index.read_text())["checkpoints"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"cannot read {index} ({exc}); {how}") from None
+    if len(entries) < k:
+        raise ConfigError(f"eval.ensemble_top_k={k} but {index} lists {len(entries)} checkpoints; {how}")
+    return entries[:k]  # kept best first
+
+
+def _member_algorithm(template: torch.nn.Module, path: Path) -> torch.nn.Module:
+    state = load_checkpoint(path)
+    member = copy.deepcopy(template)
+    try:
+        member.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"ensemble member {path} does not fit the run's model ({str(exc).splitlines()[0][:200]})"
+        ) from None
+    return member
+
+
 def _print_table(result: dict[str, Any], per_step: list[Estimate], output: Path) -> None:
     metric = result["metric"]
     scale, unit = (100.0, "%") if metric == "accuracy" else (1.0, "")
-    print(
-        f"{result['episodes']} {result['split']} tasks, {result['shots']}-shot, "
-        f"checkpoint step {result['checkpoint_step']}"
-    )
+    what = f"checkpoint step {result['checkpoint_step']}"
+    if result["ensemble"]:
+        what = f"ensemble of the {len(result['ensemble'])} best validated checkpoints (steps "
+        what += ", ".join(str(m["step"]) for m in result["ensemble"]) + ")"
+    print(f"{result['episodes']} {result['split']} tasks, {result['shots']}-shot, {what}")
     print(f"{'adaptation':<16}{metric + (' (%)' if unit else ''):>14}{'95% CI':>12}")
     for k in _steps_to_show(result["steps"]):
         label = "before" if k == 0 else f"after {k} step{'s' if k > 1 else ''}"

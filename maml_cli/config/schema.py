@@ -48,6 +48,7 @@ class InnerLoopConfig:
     eval_steps: int = 10
     task_batching: TaskBatchingChoice = TaskBatchingChoice.auto
     task_chunk: int = 0  # with vmap: tasks adapted at once (0 = whole meta-batch)
+    zero_head: bool = False  # every task starts from a zero head (Kao et al. 2022's zeroing trick)
 
 
 @dataclass
@@ -56,8 +57,63 @@ class AnilConfig(InnerLoopConfig):
     head: str | None = None  # submodule adapted in the inner loop; None = the last with parameters
 
 
+@dataclass
+class MetaSgdConfig(InnerLoopConfig):
+    _target_: str = "maml_cli.algorithms.metasgd.MetaSGD"
+    # alpha (a learned rate per adapted entry) starts at one draw from U[low, high]; None = at lr
+    lr_init_range: tuple[float, float] | None = (0.005, 0.1)
+
+
+@dataclass
+class ReptileConfig(InnerLoopConfig):
+    """Reptile (Nichol et al., 2018): SGD/Adam on support minibatches; .grad = theta - mean phi."""
+
+    _target_: str = "maml_cli.algorithms.reptile.Reptile"
+    steps: int = 5  # inner optimizer steps per task (the paper's k)
+    lr: float = 0.001  # the inner optimizer's learning rate
+    first_order: bool = True  # Reptile never differentiates through its inner loop; false is an error
+    eval_steps: int = 50
+    optimizer: str = "adam"  # the inner optimizer: adam or sgd
+    betas: tuple[float, float] = (0.0, 0.999)  # Adam's; the paper uses beta1 = 0
+    eps: float = 1e-8  # Adam's epsilon
+    inner_batch_size: int = 0  # support examples per inner step (0 = the whole support set)
+    eval_inner_batch_size: int | None = None  # the same at validation/evaluation (None = inner_batch_size)
+    seed: int = 0  # seeds the minibatch order with the meta-step; reptile.yaml sets it to ${seed}
+
+
+@dataclass
+class MamlppConfig(InnerLoopConfig):
+    """MAML++ (Antoniou et al., 2019): each of its training tricks is a flag of its own."""
+
+    _target_: str = "maml_cli.algorithms.mamlpp.MAMLPlusPlus"
+    msl: bool = True  # multi-step loss: weighted query losses after every inner step
+    msl_steps: int = 5000  # meta-steps over which MSL anneals to the last step (then last step only)
+    lslr: bool = True  # learned per-layer, per-step inner learning rates (initialised to lr)
+    bnwb: bool = True  # per-step batch-norm weights and biases (meta-learned, not adapted)
+    bnrs: bool = True  # per-step batch-norm running statistics
+    bn_momentum: float = 0.1  # running-statistics momentum
+    bn_eval_stats: str = "batch"  # batch or running: what evaluation normalises with
+    first_order_steps: int = 0  # derivative-order annealing: first order for this many meta-steps
+
+
+@dataclass
+class IMAMLConfig(InnerLoopConfig):
+    _target_: str = "maml_cli.algorithms.imaml.IMAML"
+    lam: float = 2.0  # proximal regulariser (lam/2)||phi - theta||^2 of the inner problem
+    cg_steps: int = 5  # conjugate-gradient iterations (Hessian-vector products) per task
+    cg_damping: float = 0.0  # solve ((1 + damping) I + H/lam) g = grad L_query
+    cg_tol: float = 0.0  # stop a task's CG at this relative residual (0 = run all cg_steps)
+
+
 #: Each ``configs/inner_loop/<name>.yaml`` names ``<name>_schema`` in its defaults list.
-INNER_LOOP_SCHEMAS: dict[str, type] = {"maml": InnerLoopConfig, "anil": AnilConfig}
+INNER_LOOP_SCHEMAS: dict[str, type] = {
+    "maml": InnerLoopConfig,
+    "anil": AnilConfig,
+    "metasgd": MetaSgdConfig,
+    "mamlpp": MamlppConfig,
+    "imaml": IMAMLConfig,
+    "reptile": ReptileConfig,
+}
 
 
 # -- meta-optimizer ----------------------------------------------------------------------------
@@ -112,6 +168,7 @@ class TrainerConfig:
     grad_clip: float | None = None  # clip the meta-gradient's global norm
     progress: bool | None = None  # tqdm bar; None = only when stderr is a terminal
     figures: bool = True  # task-specific figures (sinusoid: adapted curves) at validation
+    keep_top_k: int = 0  # also keep the k best validated checkpoints in checkpoints/top/ (for ensembles)
 
 
 @dataclass
@@ -134,6 +191,7 @@ class EvalConfig:
     split: str = "test"  # val or test
     output: str | None = None  # eval.json path; None = the eval run dir
     batch_size: int = 100  # tasks adapted together
+    ensemble_top_k: int = 1  # >1: average the predictions of the run's k best validated checkpoints
 
 
 @dataclass

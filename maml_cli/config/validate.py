@@ -60,6 +60,8 @@ def validate_run_config(cfg: DictConfig | Mapping[str, Any]) -> None:
     require_positive_float(_get(cfg, "optimizer.lr"), "optimizer.lr")
     require_positive_float(_get(cfg, "optimizer.min_lr"), "optimizer.min_lr", allow_zero=True)
     require_positive_int(_get(cfg, "optimizer.warmup_steps"), "optimizer.warmup_steps", allow_zero=True)
+    if _get(cfg, "trainer.keep_top_k") is not None:  # absent from older checkpoints' configs
+        require_positive_int(_get(cfg, "trainer.keep_top_k"), "trainer.keep_top_k", allow_zero=True)
     minutes = _get(cfg, "trainer.max_minutes")
     if minutes is not None:
         require_positive_float(minutes, "trainer.max_minutes")
@@ -76,6 +78,7 @@ def validate_run_config(cfg: DictConfig | Mapping[str, Any]) -> None:
 def validate_eval_config(eval_cfg: DictConfig | Mapping[str, Any]) -> None:
     require_positive_int(eval_cfg["episodes"], "eval.episodes")
     require_positive_int(eval_cfg["batch_size"], "eval.batch_size")
+    require_positive_int(eval_cfg["ensemble_top_k"], "eval.ensemble_top_k")
     if eval_cfg["steps"] is not None:
         require_positive_int(eval_cfg["steps"], "eval.steps")
     if eval_cfg["split"] not in ("val", "test"):

@@ -34,3 +34,27 @@ def score_tasks(algorithm, tasks, split: str, num_tasks: int, steps: int, batch_
         for batch in tasks.held_out(split, num_tasks, batch_size)
     ]
     return torch.cat(rows, dim=1)
+
+
+def _predictions(out: Tensor, y: Tensor) -> Tensor:
+    return out
+
+
+def average_predictions(outputs: list[Tensor], metric_name: str) -> Tensor:
+    """Combine members' outputs: class probabilities are averaged for classification (the
+    MAML++ code ensembles its top validation models this way), raw outputs for regression."""
+    if metric_name == "accuracy":
+        return torch.stack([out.softmax(dim=-1) for out in outputs]).mean(dim=0)
+    return torch.stack(outputs).mean(dim=0)
+
+
+def score_ensemble(algorithms, tasks, split: str, num_tasks: int, steps: int, batch_size: int) -> Tensor:
+    """Like :func:`score_tasks` for an ensemble: each member adapts to each task on its own, and
+    the metric is taken on the members' averaged query predictions after each step."""
+    metric = torch.func.vmap(tasks.metric)
+    rows = []
+    for batch in tasks.held_out(split, num_tasks, batch_size):
+        outputs = [algorithm.evaluate(batch, _predictions, steps=steps) for algorithm in algorithms]
+        combined = average_predictions(outputs, tasks.metric_name)
+        rows.append(torch.stack([metric(step_out, batch.query_y) for step_out in combined]).cpu())
+    return torch.cat(rows, dim=1)

@@ -51,6 +51,7 @@ class Trainer:
         self.step = 0
         self.best: dict[str, Any] | None = None
         self.last_val: dict[str, Any] | None = None
+        self.top: list[dict[str, Any]] = []  # the trainer.keep_top_k best validations, best first
         self._stop_signal: int | None = None
         self._started = time.perf_counter()  # reset when fit() starts
         self.history: list[dict[str, Any]] = []  # validation figures over steps and wall time
@@ -69,6 +70,7 @@ class Trainer:
             "rng": capture_rng_states(self.task_generator),
             "best": self.best,
             "last_val": self.last_val,
+            "top": self.top,
             "history": self.history,
             "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True),
         }
@@ -99,6 +101,7 @@ class Trainer:
         same_run = path.resolve().parent == self.ckpt_dir.resolve()
         # A run dir's best.pt must exist in that dir: a resumed run in a new dir starts afresh.
         self.best = state.get("best") if same_run else None
+        self.top = list(state.get("top") or []) if same_run else []
         log.info("resumed from %s at step %d", path, self.step)
 
     def _save(self, name: str) -> Path:
@@ -241,6 +244,7 @@ class Trainer:
         if self._is_better(val["value"]):
             self.best = dict(val)
             self._save("best.pt")
+        self._keep_top_k(val)
         writer.add_scalar(f"val/best_{metric}", self.best["value"], self.step)
         self._write_figure(writer, final=False)
         log.info(
@@ -252,6 +256,28 @@ class Trainer:
             val["eval_steps"],
             val["before_adaptation"],
         )
+
+    def _keep_top_k(self, val: dict[str, Any]) -> None:
+        """Keep the ``trainer.keep_top_k`` best validated checkpoints in ``checkpoints/top/`` with an
+        ``index.json``, for ``maml-eval eval.ensemble_top_k`` (MAML++'s evaluation protocol)."""
+        k = int(self.cfg.trainer.keep_top_k)
+        if k <= 0 or any(entry["step"] == val["step"] for entry in self.top):
+            return
+        sign = -1.0 if self.tasks.higher_is_better else 1.0
+        entry = {"step": val["step"], "value": val["value"], "file": f"step_{val['step']:08d}.pt"}
+        ranked = sorted([*self.top, entry], key=lambda e: (sign * e["value"], -e["step"]))
+        kept, dropped = ranked[:k], ranked[k:]
+        top_dir = self.ckpt_dir / "top"
+        if entry in kept:
+            save_checkpoint(self.state_dict() | {"top": kept}, top_dir / entry["file"])
+        self.top = kept
+        write_json(
+            {"metric": self.tasks.metric_name, "higher_is_better": self.tasks.higher_is_better, "checkpoints": kept},
+            top_dir / "index.json",
+        )
+        for old in dropped:
+            if old is not entry:
+                (top_dir / old["file"]).unlink(missing_ok=True)
 
     def _write_figure(self, writer, final: bool) -> None:
         if not self.cfg.trainer.figures:
