@@ -251,8 +251,9 @@ class IMAML(MAML):
                     total[k] += g
                 before.append(loss_before.reshape(1))
                 after.append(query_loss.reshape(1))
+        live = dict(self.model.named_parameters())
         for name, param in params.items():
-            if not param.requires_grad:  # frozen by the user: adapted, but not meta-learned
+            if param is not live.get(name) or not param.requires_grad:  # zero_head's fresh zeros, frozen
                 continue
             grad = total[name] / num_tasks
             param.grad = grad if param.grad is None else param.grad + grad
