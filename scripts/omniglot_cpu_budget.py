@@ -5,11 +5,13 @@ Trains with ``trainer.max_minutes`` (validation time counts against the budget),
 the checkpoint with the best validation accuracy on 600 test episodes and prints the accuracy
 with its 95% confidence interval and the time-to-accuracy curve of the validation runs.
 
-Settings, chosen to be cheap per step rather than faithful to every detail of the paper:
-first-order MAML (the paper reports 98.3% for it against 98.7% for second order), 32 tasks per
-meta-batch, one inner step of alpha = 0.4 (three at test), one query example per class as in the
-paper's Omniglot code, Adam with a meta learning rate of 3e-3, tasks adapted with vmap (faster
-than the per-task loop for tasks this small). Override any of them after ``--``:
+Settings, chosen to be cheap per step and fast to learn rather than faithful to every detail of
+the paper: first-order MAML (the paper reports 98.3% for it against 98.7% for second order), 8
+tasks per meta-batch (about 0.1 s a step here, so ~15,000 steps fit), every task starting from a
+zero head (``inner_loop.zero_head``, the zeroing trick of Kao et al., 2022), one inner step of
+alpha = 0.4 in training and ten at test, one query example per class as in the paper's Omniglot
+code, Adam at 3e-3 with a cosine decay sized to end near the budget, tasks adapted with vmap.
+Override any of them after ``--``:
 
     python scripts/omniglot_cpu_budget.py [--minutes 30] [--out bench-out/omniglot_cpu] [-- key=value ...]
 """
@@ -26,12 +28,16 @@ BIN = Path(sys.executable).parent
 SETTINGS = [
     "experiment=omniglot_5w1s",
     "inner_loop.first_order=true",
+    "inner_loop.zero_head=true",
     "inner_loop.task_batching=vmap",
+    "inner_loop.eval_steps=10",
+    "trainer.meta_batch_size=8",
     "optimizer.lr=0.003",
-    "trainer.max_steps=1000000",
-    "trainer.val_every=250",
+    "optimizer.schedule=cosine",
+    "trainer.max_steps=15000",  # where the cosine ends; trainer.max_minutes stops the run in any case
+    "trainer.val_every=1000",
     "trainer.val_tasks=200",
-    "trainer.ckpt_every=250",
+    "trainer.ckpt_every=1000",
     "trainer.progress=false",
 ]
 
@@ -74,6 +80,8 @@ def main() -> None:
         f"test, 600 episodes, best.pt: {100 * result['mean']:.2f} ± {100 * result['ci95']:.2f}% "
         f"after {result['steps']} steps ({100 * result['pre_adaptation_mean']:.2f}% before)"
     )
+    curve = ", ".join(f"{p['steps']}: {100 * p['mean']:.2f}" for p in result["per_step"])
+    print(f"test accuracy (%) after each number of inner steps: {curve}")
     print(f"target >= 97%: {'met' if result['mean'] >= 0.97 else 'MISSED'}")
     summary = {"settings": settings, "metrics": metrics, "test": result}
     (args.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")

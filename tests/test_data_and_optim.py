@@ -17,14 +17,33 @@ from .helpers import compose_train
 def test_sinusoid_tasks_follow_the_paper_distribution():
     tasks = SinusoidTasks(shots=7, query=3)
     gen = torch.Generator().manual_seed(0)
-    amplitude, phase = tasks.sample_task_parameters(20_000, gen)
+    amplitude, phase, frequency = tasks.sample_task_parameters(20_000, gen)
     assert 0.1 <= amplitude.min() and amplitude.max() <= 5.0
     assert 0.0 <= phase.min() and phase.max() <= math.pi
     assert abs(amplitude.mean().item() - 2.55) < 0.05 and abs(phase.mean().item() - math.pi / 2) < 0.05
-    batch = tasks.episodes_for(amplitude[:4], phase[:4], gen)
+    assert torch.all(frequency == 1.0)
+    batch = tasks.episodes_for(amplitude[:4], phase[:4], frequency[:4], gen)
     assert batch.support_x.shape == (4, 7, 1) and batch.query_y.shape == (4, 3, 1)
     assert batch.support_x.abs().max() <= 5.0
     torch.testing.assert_close(batch.support_y, amplitude[:4] * torch.sin(batch.support_x - phase[:4]))
+
+
+def test_sinusoid_frequency_range_of_the_meta_sgd_paper():
+    fixed = SinusoidTasks().sample(6, torch.Generator().manual_seed(1))
+    tasks = SinusoidTasks(frequency=(0.8, 1.2))
+    gen = torch.Generator().manual_seed(0)
+    amplitude, phase, frequency = tasks.sample_task_parameters(20_000, gen)
+    assert 0.8 <= frequency.min() and frequency.max() <= 1.2 and abs(frequency.mean().item() - 1.0) < 0.01
+    batch = tasks.episodes_for(amplitude[:4], phase[:4], frequency[:4], gen)
+    expected = amplitude[:4] * torch.sin(frequency[:4] * batch.query_x - phase[:4])
+    torch.testing.assert_close(batch.query_y, expected)
+    # A fixed frequency draws nothing: the default task stream is what it was before frequencies.
+    gen = torch.Generator().manual_seed(1)
+    a = torch.rand((6, 1, 1), generator=gen) * 4.9 + 0.1
+    p = torch.rand((6, 1, 1), generator=gen) * math.pi
+    x = torch.rand((6, 20, 1), generator=gen) * 10.0 - 5.0
+    torch.testing.assert_close(fixed.support_x, x[:, :10])
+    torch.testing.assert_close(fixed.query_y, a * torch.sin(x[:, 10:] - p))
 
 
 def test_held_out_tasks_are_fixed_and_apart_from_training():

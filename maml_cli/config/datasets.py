@@ -29,6 +29,7 @@ class SinusoidConfig(DatasetConfig):
     amplitude: tuple[float, float] = (0.1, 5.0)
     phase: tuple[float, float] = (0.0, math.pi)
     x_range: tuple[float, float] = (-5.0, 5.0)
+    frequency: tuple[float, float] = (1.0, 1.0)  # w of A sin(w x - phase); Meta-SGD's paper: [0.8, 1.2]
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Sinusoid regression, the toy problem of the MAML paper (Finn et al., 2017, Sec. 5.1).
 
-Each task is ``y = A sin(x - phi)`` with amplitude ``A ~ U[0.1, 5.0]`` and phase
-``phi ~ U[0, pi]``; inputs are ``x ~ U[-5, 5]`` and the loss is mean squared error.
+Each task is ``y = A sin(w x - phi)`` with amplitude ``A ~ U[0.1, 5.0]``, phase ``phi ~ U[0, pi]``
+and frequency ``w = 1``; inputs are ``x ~ U[-5, 5]`` and the loss is mean squared error. The
+Meta-SGD paper (Li et al., 2017, Sec. 4.1) also draws ``w ~ U[0.8, 1.2]``: ``frequency=[0.8, 1.2]``.
 Tasks are generated directly as tensors on the training device: there is no dataset to load,
 so sampling a meta-batch is a handful of ``torch.rand`` calls.
 """
@@ -36,11 +37,13 @@ class SinusoidTasks:
         amplitude: Sequence[float] = (0.1, 5.0),
         phase: Sequence[float] = (0.0, math.pi),
         x_range: Sequence[float] = (-5.0, 5.0),
+        frequency: Sequence[float] = (1.0, 1.0),
         seed: int = 0,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        for name, bounds in (("amplitude", amplitude), ("phase", phase), ("x_range", x_range)):
+        named = (("amplitude", amplitude), ("phase", phase), ("x_range", x_range), ("frequency", frequency))
+        for name, bounds in named:
             if len(bounds) != 2 or not bounds[0] <= bounds[1]:
                 raise ConfigError(f"dataset.{name} must be [low, high] with low <= high, got {list(bounds)}")
         self.shots = shots
@@ -48,6 +51,7 @@ class SinusoidTasks:
         self.amplitude = (float(amplitude[0]), float(amplitude[1]))
         self.phase = (float(phase[0]), float(phase[1]))
         self.x_range = (float(x_range[0]), float(x_range[1]))
+        self.frequency = (float(frequency[0]), float(frequency[1]))
         self.seed = seed
         self.device = torch.device(device)
         self.dtype = dtype
@@ -62,8 +66,7 @@ class SinusoidTasks:
         return F.mse_loss(prediction, target)
 
     def sample(self, num_tasks: int, generator: torch.Generator) -> TaskBatch:
-        amplitude, phase = self.sample_task_parameters(num_tasks, generator)
-        return self.episodes_for(amplitude, phase, generator)
+        return self.episodes_for(*self.sample_task_parameters(num_tasks, generator), generator)
 
     def held_out(self, split: str, num_tasks: int, batch_size: int) -> Iterator[TaskBatch]:
         batch = self.fixed_tasks(split, num_tasks)
@@ -84,16 +87,27 @@ class SinusoidTasks:
         generator.manual_seed(self.seed + _SPLIT_SEEDS[split])
         return generator
 
-    def sample_task_parameters(self, num_tasks: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Amplitudes and phases, each ``[num_tasks, 1, 1]``."""
+    def sample_task_parameters(self, num_tasks: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """Amplitudes, phases and frequencies, each ``[num_tasks, 1, 1]``. A fixed frequency
+        draws no random numbers, so the task stream is the same as before frequencies existed."""
         amplitude = self._uniform((num_tasks, 1, 1), self.amplitude, generator)
         phase = self._uniform((num_tasks, 1, 1), self.phase, generator)
-        return amplitude, phase
+        if self.frequency[0] == self.frequency[1]:
+            frequency = torch.full_like(amplitude, self.frequency[0])
+        else:
+            frequency = self._uniform((num_tasks, 1, 1), self.frequency, generator)
+        return amplitude, phase, frequency
 
-    def episodes_for(self, amplitude: Tensor, phase: Tensor, generator: torch.Generator) -> TaskBatch:
+    @staticmethod
+    def curve(x: Tensor, amplitude: Tensor, phase: Tensor, frequency: Tensor) -> Tensor:
+        return amplitude * torch.sin(frequency * x - phase)
+
+    def episodes_for(
+        self, amplitude: Tensor, phase: Tensor, frequency: Tensor, generator: torch.Generator
+    ) -> TaskBatch:
         num_tasks = amplitude.shape[0]
         x = self._uniform((num_tasks, self.shots + self.query, 1), self.x_range, generator)
-        y = amplitude * torch.sin(x - phase)
+        y = self.curve(x, amplitude, phase, frequency)
         return TaskBatch(
             support_x=x[:, : self.shots],
             support_y=y[:, : self.shots],

@@ -19,8 +19,8 @@ def sinusoid_figure(tasks: SinusoidTasks, algorithm, num_tasks: int = 3, steps=(
     from matplotlib import pyplot as plt
 
     generator = tasks.split_generator("val")
-    amplitude, phase = tasks.sample_task_parameters(num_tasks, generator)
-    episodes = tasks.episodes_for(amplitude, phase, generator)
+    amplitude, phase, frequency = tasks.sample_task_parameters(num_tasks, generator)
+    episodes = tasks.episodes_for(amplitude, phase, frequency, generator)
     low, high = tasks.x_range
     grid = torch.linspace(low, high, 200, device=tasks.device, dtype=tasks.dtype)
     grid = grid.reshape(1, -1, 1).expand(num_tasks, -1, -1)
@@ -29,7 +29,7 @@ def sinusoid_figure(tasks: SinusoidTasks, algorithm, num_tasks: int = 3, steps=(
         params = algorithm.adapt(episodes.support_x, episodes.support_y, steps=k)
         with torch.no_grad():
             curves[k] = algorithm.batched_forward(params, grid).cpu()
-    truth = (amplitude * torch.sin(grid - phase)).cpu()
+    truth = tasks.curve(grid, amplitude, phase, frequency).cpu()
     x = grid[0, :, 0].cpu()
 
     fig, axes = plt.subplots(1, num_tasks, figsize=(4.2 * num_tasks, 3.4), sharey=True)
