@@ -153,15 +153,12 @@ class MAMLPlusPlus(MAML):
         self._adapted = [name for name, _ in model.named_parameters() if name not in meta_only]
         if not self._adapted:
             raise ValueError("the model has no parameters for the inner loop to adapt")
-        if lslr:
-            params = dict(model.named_parameters())
-            self.inner_lrs = nn.ParameterDict(
-                {
-                    _lr_key(name): nn.Parameter(torch.full((steps,), float(lr), dtype=p.dtype, device=p.device))
-                    for name in self._adapted
-                    for p in (params[name],)
-                }
-            )
+        if lslr:  # one rate per adapted tensor and inner step, all starting at lr
+            rates = {}
+            for name, p in model.named_parameters():
+                if name in self._adapted:
+                    rates[_lr_key(name)] = nn.Parameter(torch.full((steps,), float(lr), dtype=p.dtype, device=p.device))
+            self.inner_lrs = nn.ParameterDict(rates)
 
     # -- schedules (MSL, DA) -------------------------------------------------------------------
 
