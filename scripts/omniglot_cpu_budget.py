@@ -13,7 +13,7 @@ alpha = 0.4 in training and ten at test, one query example per class as in the p
 code, Adam at 3e-3 with a cosine decay sized to end near the budget, tasks adapted with vmap.
 Override any of them after ``--``:
 
-    python scripts/omniglot_cpu_budget.py [--minutes 30] [--out bench-out/omniglot_cpu] [-- key=value ...]
+    python scripts/omniglot_cpu_budget.py [--minutes 30] [--experiment omniglot_5w1s] [--out DIR] [-- key=value ...]
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 SETTINGS = [
-    "experiment=omniglot_5w1s",
     "inner_loop.first_order=true",
     "inner_loop.zero_head=true",
     "inner_loop.task_batching=vmap",
@@ -45,12 +44,15 @@ SETTINGS = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument(
+        "--experiment", default="omniglot_5w1s", help="the preset the settings apply to (e.g. metasgd_omniglot_5w1s)"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-out/omniglot_cpu"))
     parser.add_argument("overrides", nargs="*", help="extra maml-train overrides")
     args = parser.parse_args()
 
     run_dir = args.out / "train"
-    settings = [*SETTINGS, f"trainer.max_minutes={args.minutes}", *args.overrides]
+    settings = [f"experiment={args.experiment}", *SETTINGS, f"trainer.max_minutes={args.minutes}", *args.overrides]
     subprocess.run([str(BIN / "maml-train"), *settings, f"hydra.run.dir={run_dir}"], check=True)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     output = args.out / "eval_test.json"
