@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from torch import nn
 
 from maml_cli.config import config_dir, register_configs
+from maml_cli.data.tasks import TaskBatch
 
 BIN = Path(sys.executable).parent
 
@@ -44,3 +47,27 @@ TINY = (
     "inner_loop.eval_steps=2",
     "model.hidden_sizes=[16,16]",
 )
+
+
+def image_batch(tasks=3, ways=3, shots=2, query=3, size=16, channels=1, seed=0) -> TaskBatch:
+    g = torch.Generator().manual_seed(seed)
+    shape = (channels, size, size)
+    labels = torch.arange(ways)
+    return TaskBatch(
+        torch.randn(tasks, ways * shots, *shape, generator=g, dtype=torch.float64),
+        labels.repeat_interleave(shots).expand(tasks, -1),
+        torch.randn(tasks, ways * query, *shape, generator=g, dtype=torch.float64),
+        labels.repeat_interleave(query).expand(tasks, -1),
+    )
+
+
+class Tiny(nn.Module):
+    """A 1-3-1 tanh network: smooth, so central differences are accurate."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = nn.Linear(1, 3)
+        self.out = nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.hidden(x)))

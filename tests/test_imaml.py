@@ -25,6 +25,7 @@ from maml_cli.engine.evaluation import score_tasks
 from maml_cli.errors import ConfigError
 from maml_cli.models import MLP, Conv4
 
+from . import helpers
 from .helpers import TINY, compose_train, run_cli
 
 
@@ -209,15 +210,7 @@ def test_cg_stops_at_negative_curvature_instead_of_stepping_without_bound():
         torch.testing.assert_close(alone["w"], solution["w"][t])
 
 
-def image_batch(tasks=2, ways=3, shots=2, query=2, size=16, seed=0) -> TaskBatch:
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(ways)
-    return TaskBatch(
-        torch.randn(tasks, ways * shots, 1, size, size, generator=g, dtype=torch.float64),
-        labels.repeat_interleave(shots).expand(tasks, -1),
-        torch.randn(tasks, ways * query, 1, size, size, generator=g, dtype=torch.float64),
-        labels.repeat_interleave(query).expand(tasks, -1),
-    )
+image_batch = functools.partial(helpers.image_batch, tasks=2, query=2)
 
 
 def dense_implicit_gradient(algo: IMAML, batch: TaskBatch, damping: float = 0.0) -> torch.Tensor:

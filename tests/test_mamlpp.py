@@ -20,8 +20,7 @@ from maml_cli.errors import ConfigError
 from maml_cli.models import MLP, Conv4
 from maml_cli.models.per_step_norm import PerStepBatchNorm
 
-from .helpers import compose_train, run_cli
-from .test_models import image_batch
+from .helpers import compose_train, image_batch, run_cli
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -10,6 +10,8 @@ from maml_cli.algorithms import MAML
 from maml_cli.data import SinusoidTasks
 from maml_cli.models import MLP
 
+from .helpers import Tiny
+
 
 def meta_grad(strategy: str, first_order: bool, steps: int, dtype=torch.float32, chunk: int = 0, tasks=6):
     torch.manual_seed(0)
@@ -57,18 +59,6 @@ def test_second_order_terms_matter():
     g_second, _ = meta_grad("vmap", False, 1, dtype=torch.float64)
     g_first, _ = meta_grad("vmap", True, 1, dtype=torch.float64)
     assert rel_diff(g_first, g_second) > 1e-3
-
-
-class Tiny(nn.Module):
-    """A 1-3-1 tanh network: smooth, so central differences are accurate."""
-
-    def __init__(self):
-        super().__init__()
-        self.hidden = nn.Linear(1, 3)
-        self.out = nn.Linear(3, 1)
-
-    def forward(self, x):
-        return self.out(torch.tanh(self.hidden(x)))
 
 
 def _meta_loss(model, algo_kwargs, batch, flat: torch.Tensor, adapt=lambda name: True) -> torch.Tensor:

@@ -19,19 +19,7 @@ from maml_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from maml_cli.engine.evaluation import score_tasks
 from maml_cli.models import MLP, Conv4
 
-from .helpers import TINY, compose_train, run_cli
-
-
-class Tiny(nn.Module):
-    """A 1-3-1 tanh network: smooth, so central differences are accurate."""
-
-    def __init__(self):
-        super().__init__()
-        self.hidden = nn.Linear(1, 3)
-        self.out = nn.Linear(3, 1)
-
-    def forward(self, x):
-        return self.out(torch.tanh(self.hidden(x)))
+from .helpers import TINY, Tiny, compose_train, run_cli
 
 
 class AnilMetaSGD(MetaSGD, ANIL):

@@ -8,20 +8,9 @@ import torch
 from torch import nn
 
 from maml_cli.algorithms import ANIL, MAML
-from maml_cli.data.tasks import TaskBatch
 from maml_cli.models import Conv4, ResNet12, TaskBatchNorm2d
 
-
-def image_batch(tasks=3, ways=3, shots=2, query=3, size=16, channels=1, seed=0) -> TaskBatch:
-    g = torch.Generator().manual_seed(seed)
-    shape = (channels, size, size)
-    labels = torch.arange(ways)
-    return TaskBatch(
-        torch.randn(tasks, ways * shots, *shape, generator=g, dtype=torch.float64),
-        labels.repeat_interleave(shots).expand(tasks, -1),
-        torch.randn(tasks, ways * query, *shape, generator=g, dtype=torch.float64),
-        labels.repeat_interleave(query).expand(tasks, -1),
-    )
+from .helpers import image_batch
 
 
 def meta_grad(model: nn.Module, algo_cls, strategy: str, first_order=False, **batch_kwargs):

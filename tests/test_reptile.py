@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from copy import deepcopy
+from functools import partial
 
 import pytest
 import torch
@@ -16,7 +17,6 @@ from torch import nn
 from maml_cli.algorithms import MAML, Reptile
 from maml_cli.algorithms.reptile import minibatch_order
 from maml_cli.data import SinusoidTasks
-from maml_cli.data.tasks import TaskBatch
 from maml_cli.engine.build import build_run
 from maml_cli.engine.checkpoint import load_checkpoint
 from maml_cli.engine.evaluation import score_tasks
@@ -24,6 +24,7 @@ from maml_cli.engine.optim import build_optimizer, build_scheduler
 from maml_cli.errors import ConfigError
 from maml_cli.models import MLP, Conv4
 
+from . import helpers
 from .helpers import TINY, compose_train, run_cli
 
 CPU = torch.device("cpu")
@@ -44,15 +45,7 @@ def sinusoid_setup(tasks=5, shots=10, query=5, seed=0):
     return model, dist, dist.sample(tasks, torch.Generator().manual_seed(seed + 1))
 
 
-def image_batch(tasks=3, ways=3, shots=2, query=2, size=16, seed=0) -> TaskBatch:
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(ways)
-    return TaskBatch(
-        torch.randn(tasks, ways * shots, 1, size, size, generator=g, dtype=torch.float64),
-        labels.repeat_interleave(shots).expand(tasks, -1),
-        torch.randn(tasks, ways * query, 1, size, size, generator=g, dtype=torch.float64),
-        labels.repeat_interleave(query).expand(tasks, -1),
-    )
+image_batch = partial(helpers.image_batch, query=2)
 
 
 def reference_adaptation(model, loss_fn, x, y, order, steps, optimizer, lr, betas=(0.0, 0.999), eps=1e-8):
