@@ -392,6 +392,7 @@ def test_inner_loop_mamlpp_turns_on_cosine_annealing_and_the_command_line_wins()
     "name,expected",
     [
         ("mamlpp_omniglot_20w1s", {"ways": 20, "query": 1, "hidden": 64, "lr": 0.1, "batch": 8, "msl": 5000}),
+        ("mamlpp_omniglot_5w1s", {"ways": 5, "query": 1, "hidden": 64, "lr": 0.1, "batch": 8, "msl": 5000}),
         ("mamlpp_miniimagenet_5w1s", {"ways": 5, "query": 15, "hidden": 48, "lr": 0.01, "batch": 2, "msl": 7500}),
     ],
 )
