@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+from types import SimpleNamespace
 
 import torch
 
 from maml_cli.algorithms import MAML
 from maml_cli.data import SinusoidTasks
 from maml_cli.engine.evaluation import average_predictions, score_ensemble, score_tasks
+from maml_cli.engine.trainer import Trainer
 from maml_cli.models import MLP
 
 from .helpers import TINY, run_cli
@@ -56,6 +58,20 @@ def test_trainer_keeps_the_k_best_validations_and_removes_the_rest(tmp_path):
         cwd=tmp_path,
     )
     assert_one_line_error(proc, "eval.ensemble_top_k=3", "lists 2 checkpoints", "trainer.keep_top_k>=3")
+
+
+def test_equal_validations_rank_the_earlier_checkpoint_first_as_best_pt_does(tmp_path):
+    trainer = SimpleNamespace(
+        cfg=SimpleNamespace(trainer=SimpleNamespace(keep_top_k=2)),
+        tasks=SimpleNamespace(higher_is_better=True, metric_name="accuracy"),
+        top=[],
+        ckpt_dir=tmp_path,
+        state_dict=lambda: {"step": 0},
+    )
+    for step, value in ((100, 0.9), (200, 0.95), (300, 0.95), (400, 0.95)):
+        Trainer._keep_top_k(trainer, {"step": step, "value": value})
+    assert [e["step"] for e in trainer.top] == [200, 300]
+    assert sorted(p.name for p in (tmp_path / "top").glob("*.pt")) == ["step_00000200.pt", "step_00000300.pt"]
 
 
 def test_ensemble_without_kept_checkpoints_says_how_to_get_them(tmp_path):

@@ -265,7 +265,8 @@ class Trainer:
             return
         sign = -1.0 if self.tasks.higher_is_better else 1.0
         entry = {"step": val["step"], "value": val["value"], "file": f"step_{val['step']:08d}.pt"}
-        ranked = sorted([*self.top, entry], key=lambda e: (sign * e["value"], -e["step"]))
+        # Ties go to the earlier step, as for best.pt, so that the first member is always best.pt.
+        ranked = sorted([*self.top, entry], key=lambda e: (sign * e["value"], e["step"]))
         kept, dropped = ranked[:k], ranked[k:]
         top_dir = self.ckpt_dir / "top"
         if entry in kept:
