@@ -23,11 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
+from toolkit import BIN, maml_eval
+
 SHOTS = (5, 10, 20)
 PUBLISHED = {"maml": {5: 0.686, 10: 0.435, 20: 0.228}, "metasgd": {5: 0.482, 10: 0.258, 20: 0.127}}
 METHODS = {
@@ -57,22 +57,9 @@ def train(method: str, shots: int, args, run_dir: Path) -> float:
 
 
 def evaluate(checkpoint: Path, shots: int, out: Path) -> dict:
-    output = out / f"eval_{checkpoint.stem}.json"
-    subprocess.run(
-        [
-            str(BIN / "maml-eval"),
-            f"checkpoint={checkpoint}",
-            f"dataset.shots={shots}",
-            "dataset.query=100",
-            "eval.steps=1",
-            "eval.episodes=600",
-            f"eval.output={output}",
-            f"hydra.run.dir={out / ('eval_' + checkpoint.stem)}",
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    return json.loads(output.read_text())
+    name = f"eval_{checkpoint.stem}"
+    overrides = (f"dataset.shots={shots}", "dataset.query=100", "eval.steps=1")
+    return maml_eval(checkpoint, out / f"{name}.json", out / name, *overrides, quiet=True)
 
 
 def rate_summary(checkpoint: Path) -> dict | None:

@@ -25,10 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
+from toolkit import BIN, maml_eval
+
 SETTINGS = [
     "inner_loop.first_order=false",
     "inner_loop.zero_head=true",
@@ -47,18 +47,7 @@ SETTINGS = [
 
 def evaluate(run_dir: Path, output: Path, eval_dir: Path, *extra: str) -> dict:
     """Score the run's best.pt (or, with ``eval.ensemble_top_k``, its top checkpoints) on 600 test episodes."""
-    subprocess.run(
-        [
-            str(BIN / "maml-eval"),
-            f"checkpoint={run_dir / 'checkpoints/best.pt'}",
-            "eval.episodes=600",
-            f"eval.output={output}",
-            f"hydra.run.dir={eval_dir}",
-            *extra,
-        ],
-        check=True,
-    )
-    return json.loads(output.read_text())
+    return maml_eval(run_dir / "checkpoints/best.pt", output, eval_dir, *extra)
 
 
 def main() -> None:

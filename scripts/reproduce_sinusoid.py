@@ -23,32 +23,19 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
+from toolkit import BIN, maml_eval
+
 TARGETS = {1: 0.70, 5: 0.40, 10: 0.37}
 PAPER = {1: 0.67, 5: 0.38, 10: 0.35}
 
 
 def evaluate(checkpoint: Path, shots: int, steps: int, out: Path) -> dict:
     name = f"eval_{checkpoint.stem}_{shots}shot"
-    output = out / f"{name}.json"
-    subprocess.run(
-        [
-            str(BIN / "maml-eval"),
-            f"checkpoint={checkpoint}",
-            f"dataset.shots={shots}",
-            "dataset.query=100",
-            f"eval.steps={steps}",
-            "eval.episodes=600",
-            f"eval.output={output}",
-            f"hydra.run.dir={out / name}",
-        ],
-        check=True,
-    )
-    return json.loads(output.read_text())
+    overrides = (f"dataset.shots={shots}", "dataset.query=100", f"eval.steps={steps}")
+    return maml_eval(checkpoint, out / f"{name}.json", out / name, *overrides)
 
 
 def row(label: str, est: dict) -> str:
