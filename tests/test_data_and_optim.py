@@ -89,6 +89,23 @@ def test_cosine_schedule_with_warmup_reaches_min_lr():
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
 
 
+def test_linear_schedule_anneals_like_reptiles_outer_step():
+    # Reptile's code: step size at iteration i of N is (1 - i/N) * eps + (i/N) * eps_final.
+    cfg = compose_train("optimizer=sgd", "optimizer.schedule=linear", "optimizer.lr=0.1", "optimizer.min_lr=0.02")
+    optimizer = build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))])
+    scheduler = build_scheduler(cfg.optimizer, optimizer, max_steps=50)
+    lrs = []
+    for _ in range(60):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[:50] == pytest.approx([(1 - i / 50) * 0.1 + (i / 50) * 0.02 for i in range(50)])
+    assert lrs[50:] == pytest.approx([0.02] * 10)  # held at min_lr past max_steps
+    for preset in ("reptile_sinusoid", "reptile_omniglot_5w1s"):
+        cfg = compose_train(f"experiment={preset}")
+        assert cfg.optimizer.schedule == "linear" and cfg.optimizer.min_lr == 0.0
+
+
 def test_adam_and_adamw_take_their_settings():
     cfg = compose_train("optimizer=adamw", "optimizer.betas=[0.8,0.9]")
     optimizer = build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))])

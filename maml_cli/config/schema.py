@@ -29,6 +29,7 @@ class TaskBatchingChoice(str, Enum):
 class Schedule(str, Enum):
     constant = "constant"
     cosine = "cosine"
+    linear = "linear"
 
 
 # -- dataset: the schemas of each task distribution are in config/datasets.py ---------------
@@ -127,7 +128,7 @@ class OptimizerConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     schedule: Schedule = Schedule.constant
-    min_lr: float = 0.0  # the cosine schedule's final learning rate
+    min_lr: float = 0.0  # the cosine or linear schedule's final learning rate
     warmup_steps: int = 0  # linear warm-up before the schedule
 
 

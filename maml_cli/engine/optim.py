@@ -24,7 +24,8 @@ def build_optimizer(cfg: DictConfig, params: Iterable[torch.nn.Parameter]) -> to
 def build_scheduler(
     cfg: DictConfig, optimizer: torch.optim.Optimizer, max_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up, then constant or cosine decay to ``min_lr`` at ``max_steps``.
+    """Linear warm-up, then a constant rate, or a cosine (MAML++'s CA) or linear (Reptile's
+    annealed outer step) decay to ``min_lr`` at ``max_steps``.
 
     The factor is a pure function of the step, so a resumed run with the same ``max_steps``
     follows the same schedule exactly.
@@ -32,14 +33,15 @@ def build_scheduler(
     base_lr = float(cfg.lr)
     warmup = int(cfg.warmup_steps)
     floor = float(cfg.min_lr) / base_lr
-    cosine = cfg.schedule == "cosine"  # an Enum member from the schema, a str from a checkpoint
+    schedule = str(getattr(cfg.schedule, "value", cfg.schedule))  # an Enum from the schema, a str from a checkpoint
 
     def factor(step: int) -> float:
         if warmup and step < warmup:
             return (step + 1) / warmup
-        if not cosine:
+        if schedule == "constant":
             return 1.0
         progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        decay = 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+        return floor + (1.0 - floor) * decay
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
