@@ -66,6 +66,17 @@ def test_same_seed_same_training_stream():
     assert torch.equal(a.query_x, b.query_x)
 
 
+def scheduled_lrs(cfg, optimizer, max_steps: int, steps: int) -> list[float]:
+    """The learning rate of each of the first ``steps`` meta-steps under ``cfg.optimizer``'s schedule."""
+    scheduler = build_scheduler(cfg.optimizer, optimizer, max_steps=max_steps)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
 def test_cosine_schedule_with_warmup_reaches_min_lr():
     cfg = compose_train(
         "optimizer=sgd",
@@ -74,18 +85,12 @@ def test_cosine_schedule_with_warmup_reaches_min_lr():
         "optimizer.min_lr=0.01",
         "optimizer.warmup_steps=10",
     )
-    param = torch.nn.Parameter(torch.zeros(1))
-    optimizer = build_optimizer(cfg.optimizer, [param])
+    optimizer = build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))])
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
-    scheduler = build_scheduler(cfg.optimizer, optimizer, max_steps=110)
-    lrs = []
-    for _ in range(110):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+    lrs = scheduled_lrs(cfg, optimizer, max_steps=110, steps=111)
     assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.1)  # linear warm-up
     assert lrs[60] == pytest.approx(0.01 + 0.09 * 0.5 * (1 + math.cos(math.pi * 0.5)))
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
+    assert lrs[110] == pytest.approx(0.01)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
 
 
@@ -93,12 +98,7 @@ def test_linear_schedule_anneals_like_reptiles_outer_step():
     # Reptile's code: step size at iteration i of N is (1 - i/N) * eps + (i/N) * eps_final.
     cfg = compose_train("optimizer=sgd", "optimizer.schedule=linear", "optimizer.lr=0.1", "optimizer.min_lr=0.02")
     optimizer = build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))])
-    scheduler = build_scheduler(cfg.optimizer, optimizer, max_steps=50)
-    lrs = []
-    for _ in range(60):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+    lrs = scheduled_lrs(cfg, optimizer, max_steps=50, steps=60)
     assert lrs[:50] == pytest.approx([(1 - i / 50) * 0.1 + (i / 50) * 0.02 for i in range(50)])
     assert lrs[50:] == pytest.approx([0.02] * 10)  # held at min_lr past max_steps
     for preset in ("reptile_sinusoid", "reptile_omniglot_5w1s"):
