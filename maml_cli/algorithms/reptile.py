@@ -117,14 +117,15 @@ def _seeded_generator(*parts: object) -> torch.Generator:
     return generator
 
 
-def _select(x: Tensor, y: Tensor, index: Tensor | None, batched: bool) -> tuple[Tensor, Tensor]:
-    """The minibatch ``index`` of a support set (``[T, b]`` indices when ``batched``, else ``[b]``)."""
-    if index is None:
+def _select(x: Tensor, y: Tensor, order: Tensor | None, t: int, batched: bool) -> tuple[Tensor, Tensor]:
+    """The minibatch of inner step ``t`` (0-based) of a support set, from ``order``
+    (``[T, steps, b]`` when ``batched``, else ``[steps, b]``; None: the whole support set)."""
+    if order is None:
         return x, y
     if batched:
         rows = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
-        return x[rows, index], y[rows, index]
-    return x[index], y[index]
+        return x[rows, order[:, t]], y[rows, order[:, t]]
+    return x[order[t]], y[order[t]]
 
 
 def _is_int(value: object, low: int) -> bool:
@@ -298,8 +299,7 @@ class Reptile(MAML):
         state = self.inner_optimizer.init(fast)
         first = None
         for t in range(steps):
-            index = None if order is None else order[:, t] if batched else order[t]
-            xb, yb = _select(x, y, index, batched)
+            xb, yb = _select(x, y, order, t, batched)
             fast, state, losses = self._inner_step(fast, state, xb, yb, t + 1, batched)
             if first is None:
                 first = losses
@@ -371,8 +371,7 @@ class Reptile(MAML):
                     else:
                         rows[t].append(metric(self.forward_with(fast, qx), qy).unsqueeze(0))
                 if t < steps:
-                    index = None if part_order is None else part_order[:, t] if batched else part_order[t]
-                    xb, yb = _select(x, y, index, batched)
+                    xb, yb = _select(x, y, part_order, t, batched)
                     fast, state, _ = self._inner_step(fast, state, xb, yb, t + 1, batched)
         return torch.stack([torch.cat(row) for row in rows])
 
