@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
+from toolkit import BIN
+
 ALGORITHMS = [  # (label, overrides); MAML first: the others are reported relative to it
     ("MAML", ["inner_loop=maml"]),
     ("FOMAML", ["inner_loop=fomaml"]),

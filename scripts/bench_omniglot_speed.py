@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
+from toolkit import BIN
 
-BIN = Path(sys.executable).parent
 CELLS = [  # (label, overrides)
     ("MAML, auto", ["inner_loop.task_batching=auto"]),
     ("MAML, loop", ["inner_loop.task_batching=loop"]),

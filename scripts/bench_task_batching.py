@@ -17,10 +17,10 @@ import argparse
 import json
 import statistics
 import subprocess
-import sys
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
+from toolkit import BIN
+
 # A loop meta-step takes ~10x longer, so it runs fewer steps for a comparable wall time.
 STEPS = {"vmap": 3000, "loop": 400}
 
