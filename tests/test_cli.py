@@ -336,7 +336,8 @@ def test_own_images_train_and_evaluate_with_the_image_folder_preset(tmp_path):
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    assert json.loads((tmp_path / "run/metrics.json").read_text())["metric"] == "accuracy"
+    metrics = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert metrics["metric"] == "accuracy"
     proc = run_cli(
         "maml-eval",
         f"checkpoint={tmp_path / 'run/checkpoints/last.pt'}",
@@ -345,4 +346,18 @@ def test_own_images_train_and_evaluate_with_the_image_folder_preset(tmp_path):
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    assert json.loads((tmp_path / "ev/eval.json").read_text())["ways"] == 2
+    result = json.loads((tmp_path / "ev/eval.json").read_text())
+    assert result["ways"] == 2
+    # Accuracy is shown in percent wherever a person reads it: log, TensorBoard, printed table
+    # (the JSON files keep the fraction).
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run/tb"))
+    events.Reload()
+    shown = {event.step: event.value for event in events.Scalars("val/accuracy")}
+    for entry in metrics["history"]:
+        assert shown[entry["step"]] == pytest.approx(100 * entry["value"], abs=1e-3)
+    last = metrics["last"]["value"]
+    assert f"val accuracy {100 * last:.4g}% " in (tmp_path / "run/train.log").read_text()
+    assert "accuracy (%)" in proc.stdout
+    assert f"{100 * result['mean']:.4f}" in proc.stdout

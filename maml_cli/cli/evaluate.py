@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,22 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from maml_cli.cli.common import reports_errors, run_cli
+from maml_cli.cli.job_log import log_to_file
 from maml_cli.config import config_dir, register_configs, validate_eval_config, validate_run_config
 from maml_cli.engine.build import build_run
 from maml_cli.engine.checkpoint import load_checkpoint, write_json
 from maml_cli.engine.device import resolve_device
-from maml_cli.engine.evaluation import Estimate, score_ensemble, score_tasks
+from maml_cli.engine.evaluation import (
+    DIVERGENCE_FACTOR,
+    StepScore,
+    display_scale,
+    score_ensemble,
+    score_tasks,
+    summarise,
+)
 from maml_cli.engine.rng import seed_everything
 from maml_cli.errors import CheckpointError, ConfigError, MamlError
+from maml_cli.threads import configure_threads
 
 log = logging.getLogger("maml_cli")
 _loaded: dict[str, dict[str, Any]] = {}
@@ -73,6 +83,7 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     device = resolve_device(run_cfg.trainer.device)
     seed_everything(int(run_cfg.seed))
     run = build_run(run_cfg, device)
+    configure_threads(cfg.eval.num_threads, run.algorithm.model)
     try:
         run.algorithm.load_state_dict(state["model"])
     except RuntimeError as exc:
@@ -90,7 +101,7 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         scores = score_ensemble(algorithms, run.tasks, split, episodes, steps, int(cfg.eval.batch_size))
     else:
         scores = score_tasks(run.algorithm, run.tasks, split, episodes, steps, int(cfg.eval.batch_size))
-    per_step = [Estimate.of(row) for row in scores]
+    per_step = summarise(scores, run.tasks.higher_is_better)
     metric = run.tasks.metric_name
     result = {
         "checkpoint": str(Path(path).resolve()),
@@ -105,12 +116,23 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "ways": getattr(run.tasks, "ways", None),
         "mean": per_step[-1].mean,
         "ci95": per_step[-1].ci95,
+        "median": per_step[-1].median,
+        "mean_stable": per_step[-1].mean_stable,
         "pre_adaptation_mean": per_step[0].mean,
         "pre_adaptation_ci95": per_step[0].ci95,
-        "per_step": [{"steps": k, "mean": e.mean, "ci95": e.ci95} for k, e in enumerate(per_step)],
-        # Tasks whose final score is NaN or inf (plain SGD can diverge on an unlucky support set);
-        # one such task makes the mean infinite, so say how many there were.
-        "non_finite_tasks": int((~torch.isfinite(scores[-1])).sum()),
+        # Plain SGD can blow up on an unlucky support set, and one such task can make the mean
+        # anything; so each step says how many tasks diverged, the median, and the mean without them.
+        "diverged_tasks": per_step[-1].diverged_tasks,
+        "divergence_rule": (
+            "NaN or inf"
+            + (
+                ""
+                if run.tasks.higher_is_better
+                else f", or above {DIVERGENCE_FACTOR:g}x the task's loss before adaptation"
+            )
+        ),
+        "per_step": [e.as_dict() for e in per_step],
+        "non_finite_tasks": int((~torch.isfinite(scores[-1])).sum()),  # NaN or inf after the last step
         "ensemble_top_k": k,
         # The members' training steps and validation scores (empty: the checkpoint alone).
         "ensemble": [{"step": m["step"], "val": m["value"]} for m in members],
@@ -149,25 +171,50 @@ def _member_algorithm(template: torch.nn.Module, path: Path) -> torch.nn.Module:
     return member
 
 
-def _print_table(result: dict[str, Any], per_step: list[Estimate], output: Path) -> None:
+def _number(value: float) -> str:
+    """A table cell of at most 10 characters for any magnitude: fixed point where it reads well,
+    scientific notation beyond that."""
+    if not math.isfinite(value):
+        return str(value)
+    if value != 0 and not 1e-3 <= abs(value) < 1e5:
+        return f"{value:.3e}"
+    return f"{value:.4f}"
+
+
+def format_table(result: dict[str, Any], per_step: list[StepScore]) -> list[str]:
+    """The lines ``maml-eval`` prints (and writes to its log): mean ± 95% CI over all tasks, and
+    beside it the median, the mean over the tasks that did not diverge, and how many did."""
     metric = result["metric"]
-    scale, unit = (100.0, "%") if metric == "accuracy" else (1.0, "")
+    scale, unit = display_scale(metric)
     what = f"checkpoint step {result['checkpoint_step']}"
     if result["ensemble"]:
         what = f"ensemble of the {len(result['ensemble'])} best validated checkpoints (steps "
         what += ", ".join(str(m["step"]) for m in result["ensemble"]) + ")"
-    print(f"{result['episodes']} {result['split']} tasks, {result['shots']}-shot, {what}")
-    print(f"{'adaptation':<16}{metric + (' (%)' if unit else ''):>14}{'95% CI':>12}")
+    lines = [f"{result['episodes']} {result['split']} tasks, {result['shots']}-shot, {what}"]
+    header = ("adaptation", metric + (" (%)" if unit else ""), "95% CI", "median", "mean stable", "diverged")
+    lines.append(f"{header[0]:<16}{header[1]:>14}{header[2]:>13}{header[3]:>12}{header[4]:>13}{header[5]:>10}")
     for k in _steps_to_show(result["steps"]):
+        row = per_step[k]
         label = "before" if k == 0 else f"after {k} step{'s' if k > 1 else ''}"
-        mean, ci = scale * per_step[k].mean, scale * per_step[k].ci95
-        print(f"{label:<16}{mean:>14.4f}{'± ' + format(ci, '.4f'):>12}")
-    if result["non_finite_tasks"]:
-        print(
-            f"warning: adaptation diverged (NaN/inf) on {result['non_finite_tasks']} of "
-            f"{result['episodes']} tasks; a smaller inner_loop.lr or fewer eval.steps avoids it"
+        cells = [_number(scale * v) for v in (row.mean, row.ci95, row.median, row.mean_stable)]
+        lines.append(
+            f"{label:<16}{cells[0]:>14}{'± ' + cells[1]:>13}{cells[2]:>12}{cells[3]:>13}{row.diverged_tasks:>10}"
         )
-    print(f"wrote {output}")
+    diverged = per_step[-1].diverged_tasks
+    if diverged:
+        lines.append(
+            f"note: adaptation diverged on {diverged} of {result['episodes']} tasks after {result['steps']} steps "
+            f"({result['divergence_rule']}); 'mean stable' leaves them out. A smaller inner_loop.lr or fewer "
+            "eval.steps avoids it"
+        )
+    return lines
+
+
+def _print_table(result: dict[str, Any], per_step: list[StepScore], output: Path) -> None:
+    lines = [*format_table(result, per_step), f"wrote {output}"]
+    for line in lines:
+        print(line)
+    log_to_file("\n".join(lines))
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")

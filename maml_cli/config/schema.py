@@ -170,6 +170,7 @@ class TrainerConfig:
     progress: bool | None = None  # tqdm bar; None = only when stderr is a terminal
     figures: bool = True  # task-specific figures (sinusoid: adapted curves) at validation
     keep_top_k: int = 0  # also keep the k best validated checkpoints in checkpoints/top/ (for ensembles)
+    num_threads: int | None = None  # torch's CPU threads; None = 1 for models without convolutions, else all cores
 
 
 @dataclass
@@ -193,6 +194,7 @@ class EvalConfig:
     output: str | None = None  # eval.json path; None = the eval run dir
     batch_size: int = 100  # tasks adapted together
     ensemble_top_k: int = 1  # >1: average the predictions of the run's k best validated checkpoints
+    num_threads: int | None = None  # torch's CPU threads; None = as trainer.num_threads's default
 
 
 @dataclass

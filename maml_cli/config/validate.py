@@ -62,6 +62,9 @@ def validate_run_config(cfg: DictConfig | Mapping[str, Any]) -> None:
     require_positive_int(_get(cfg, "optimizer.warmup_steps"), "optimizer.warmup_steps", allow_zero=True)
     if _get(cfg, "trainer.keep_top_k") is not None:  # absent from older checkpoints' configs
         require_positive_int(_get(cfg, "trainer.keep_top_k"), "trainer.keep_top_k", allow_zero=True)
+    threads = _get(cfg, "trainer.num_threads")
+    if threads is not None:
+        require_positive_int(threads, "trainer.num_threads")
     minutes = _get(cfg, "trainer.max_minutes")
     if minutes is not None:
         require_positive_float(minutes, "trainer.max_minutes")
@@ -79,6 +82,8 @@ def validate_eval_config(eval_cfg: DictConfig | Mapping[str, Any]) -> None:
     require_positive_int(eval_cfg["episodes"], "eval.episodes")
     require_positive_int(eval_cfg["batch_size"], "eval.batch_size")
     require_positive_int(eval_cfg["ensemble_top_k"], "eval.ensemble_top_k")
+    if eval_cfg["num_threads"] is not None:
+        require_positive_int(eval_cfg["num_threads"], "eval.num_threads")
     if eval_cfg["steps"] is not None:
         require_positive_int(eval_cfg["steps"], "eval.steps")
     if eval_cfg["split"] not in ("val", "test"):

@@ -197,7 +197,10 @@ class FewShotImageTasks:
         return F.cross_entropy(prediction, target)
 
     def metric(self, prediction: Tensor, target: Tensor) -> Tensor:
-        return (prediction.argmax(dim=-1) == target).float().mean()
+        """Accuracy; NaN when the outputs are not finite (adaptation diverged), so that such a task
+        is counted as diverged instead of scoring whatever ``argmax`` makes of NaN logits."""
+        accuracy = (prediction.argmax(dim=-1) == target).float().mean()
+        return torch.where(torch.isfinite(prediction).all(), accuracy, torch.nan)
 
     def sample(self, num_tasks: int, generator: torch.Generator) -> TaskBatch:
         picks = self._pick(self._tables["train"], num_tasks, self.shots + self.query, generator)

@@ -9,6 +9,7 @@ someone handed you is not something a CLI should do.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import warnings
@@ -23,6 +24,17 @@ FORMAT_VERSION = 1
 _REQUIRED_KEYS = ("format_version", "step", "model", "config")
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: The permissions an ordinary ``open()`` would give a new file: 0o666 less the user's umask.
+#: (``mkstemp`` makes its files 0o600 whatever the umask, which would hide results from a group.)
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -30,6 +42,7 @@ def _atomic_write(path: Path, write) -> None:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
+            os.fchmod(handle.fileno(), _FILE_MODE)
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -42,9 +55,21 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     _atomic_write(Path(path), lambda handle: torch.save(state, handle))
 
 
+def _strict(data: Any) -> Any:
+    """``data`` with every NaN or infinite float replaced by ``None``: strict JSON has no NaN."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: _strict(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_strict(value) for value in data]
+    return data
+
+
 def write_json(data: Any, path: str | Path) -> None:
-    """Atomically write ``data`` as indented JSON."""
-    payload = (json.dumps(data, indent=2, sort_keys=False) + "\n").encode()
+    """Atomically write ``data`` as indented, strict JSON (NaN and infinities become ``null``; the
+    diverged-task counts beside them say why)."""
+    payload = (json.dumps(_strict(data), indent=2, sort_keys=False, allow_nan=False) + "\n").encode()
     _atomic_write(Path(path), lambda handle: handle.write(payload))
 
 

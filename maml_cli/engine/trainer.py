@@ -9,6 +9,7 @@ TensorBoard, the progress bar, exact resumption, Ctrl-C/SIGTERM and non-finite l
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import time
 from contextlib import contextmanager
@@ -23,11 +24,12 @@ from maml_cli.config.validate import validate_run_config
 from maml_cli.engine.build import build_run
 from maml_cli.engine.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint, write_json
 from maml_cli.engine.device import resolve_device
-from maml_cli.engine.evaluation import Estimate, score_tasks
+from maml_cli.engine.evaluation import display_scale, score_tasks, summarise
 from maml_cli.engine.figures import adaptation_figure
 from maml_cli.engine.optim import build_optimizer, build_scheduler
 from maml_cli.engine.rng import capture_rng_states, restore_rng_states, seed_everything
 from maml_cli.errors import CheckpointError, NonFiniteLossError, TrainingInterrupted
+from maml_cli.threads import configure_threads
 
 log = logging.getLogger("maml_cli")
 
@@ -44,6 +46,7 @@ class Trainer:
         seed_everything(int(cfg.seed))
         run = build_run(cfg, self.device)
         self.tasks, self.algorithm = run.tasks, run.algorithm
+        self.num_threads = configure_threads(cfg.trainer.get("num_threads"), self.algorithm.model)
         self.optimizer = build_optimizer(cfg.optimizer, self.algorithm.parameters())
         self.scheduler = build_scheduler(cfg.optimizer, self.optimizer, int(cfg.trainer.max_steps))
         self.task_generator = torch.Generator(device=self.device)
@@ -122,19 +125,28 @@ class Trainer:
             steps=self.algorithm.eval_steps,
             batch_size=int(trainer.meta_batch_size) * 4,
         )
-        before, after = Estimate.of(scores[0]), Estimate.of(scores[-1])
+        per_step = summarise(scores, self.tasks.higher_is_better)
+        before, after = per_step[0], per_step[-1]
         self.last_val = {
             "step": self.step,
             "wall_s": round(time.perf_counter() - self._started, 2),
+            # The mean over all tasks, diverged ones included, is what picks best.pt: a checkpoint
+            # whose adaptation blows up on some tasks is worse, not better, for a user.
             "value": after.mean,
             "ci95": after.ci95,
+            "median": after.median,
+            "value_stable": after.mean_stable,
+            "diverged_tasks": after.diverged_tasks,
             "before_adaptation": before.mean,
             "eval_steps": self.algorithm.eval_steps,
         }
         return self.last_val
 
     def _is_better(self, value: float) -> bool:
-        if self.best is None:
+        """A NaN validation is never best, and any other value beats a NaN one."""
+        if math.isnan(value):
+            return False
+        if self.best is None or math.isnan(self.best["value"]):
             return True
         if self.tasks.higher_is_better:
             return value > self.best["value"]
@@ -151,9 +163,10 @@ class Trainer:
         metric = self.tasks.metric_name
         strategy = self.algorithm.strategy()
         log.info(
-            "run dir %s | device %s | task batching %s | steps %d -> %d",
+            "run dir %s | device %s (%d CPU threads) | task batching %s | steps %d -> %d",
             self.run_dir,
             self.device,
+            self.num_threads,
             strategy,
             self.step,
             max_steps,
@@ -205,7 +218,7 @@ class Trainer:
                             refresh=False,
                         )
                     if self.step % int(trainer.val_every) == 0 or final:
-                        self._validate_and_log(writer, metric)
+                        self._validate_and_log(writer, metric, final=final)
                     if self.step % int(trainer.ckpt_every) == 0 or final:
                         self._save("last.pt")
                     if self._stop_signal is not None:
@@ -217,18 +230,24 @@ class Trainer:
                         log.info("trainer.max_minutes=%s reached at step %d", trainer.max_minutes, self.step)
                         break
             if self.last_val is None or self.last_val["step"] != self.step:
-                self._validate_and_log(writer, metric)  # resumed at max_steps, or nothing ran
+                self._validate_and_log(writer, metric, final=True)  # resumed at max_steps, or nothing ran
             wall = time.perf_counter() - started
             metrics = self._metrics(wall)
             write_json(metrics, self.run_dir / "metrics.json")
             self._write_figure(writer, final=True)
+            scale, unit = display_scale(metric)
+            best = (
+                f"best {scale * self.best['value']:.4g}{unit} at step {self.best['step']}"
+                if self.best is not None
+                else "no validation was a number, so there is no best.pt; use last.pt"
+            )
             log.info(
-                "done: step %d, val %s %.4g (best %.4g at step %d), %.1fs",
+                "done: step %d, val %s %.4g%s (%s), %.1fs",
                 self.step,
                 metric,
-                self.last_val["value"],
-                self.best["value"],
-                self.best["step"],
+                scale * self.last_val["value"],
+                unit,
+                best,
                 wall,
             )
             return metrics
@@ -236,32 +255,45 @@ class Trainer:
             progress.close()
             writer.close()
 
-    def _validate_and_log(self, writer, metric: str) -> None:
+    def _validate_and_log(self, writer, metric: str, final: bool = False) -> None:
         val = self.validate()
-        self.history.append({k: val[k] for k in ("step", "wall_s", "value", "ci95")})
-        writer.add_scalar(f"val/{metric}", val["value"], self.step)
-        writer.add_scalar(f"val/{metric}_before_adaptation", val["before_adaptation"], self.step)
+        self.history.append({k: val[k] for k in ("step", "wall_s", "value", "ci95", "diverged_tasks")})
+        scale, unit = display_scale(metric)
+        writer.add_scalar(f"val/{metric}", scale * val["value"], self.step)
+        writer.add_scalar(f"val/{metric}_before_adaptation", scale * val["before_adaptation"], self.step)
+        writer.add_scalar("val/diverged_tasks", val["diverged_tasks"], self.step)
         if self._is_better(val["value"]):
             self.best = dict(val)
             self._save("best.pt")
         self._keep_top_k(val)
-        writer.add_scalar(f"val/best_{metric}", self.best["value"], self.step)
-        self._write_figure(writer, final=False)
+        if self.best is not None:
+            writer.add_scalar(f"val/best_{metric}", scale * self.best["value"], self.step)
+        if not final:  # the final figure is written once, by fit()
+            self._write_figure(writer, final=False)
+        diverged = val["diverged_tasks"]
         log.info(
-            "step %d: val %s %.4g +- %.2g after %d steps (%.4g before)",
+            "step %d: val %s %.4g%s +- %.2g after %d steps (%.4g%s before)%s",
             self.step,
             metric,
-            val["value"],
-            val["ci95"],
+            scale * val["value"],
+            unit,
+            scale * val["ci95"],
             val["eval_steps"],
-            val["before_adaptation"],
+            scale * val["before_adaptation"],
+            unit,
+            f"; diverged on {diverged} of {self.cfg.trainer.val_tasks} tasks (median {scale * val['median']:.4g}"
+            f"{unit}, mean of the rest {scale * val['value_stable']:.4g}{unit})"
+            if diverged
+            else "",
         )
+        if math.isnan(val["value"]):
+            log.warning("step %d: validation %s is NaN; it is never kept as best.pt", self.step, metric)
 
     def _keep_top_k(self, val: dict[str, Any]) -> None:
         """Keep the ``trainer.keep_top_k`` best validated checkpoints in ``checkpoints/top/`` with an
         ``index.json``, for ``maml-eval eval.ensemble_top_k`` (MAML++'s evaluation protocol)."""
         k = int(self.cfg.trainer.keep_top_k)
-        if k <= 0 or any(entry["step"] == val["step"] for entry in self.top):
+        if k <= 0 or math.isnan(val["value"]) or any(entry["step"] == val["step"] for entry in self.top):
             return
         sign = -1.0 if self.tasks.higher_is_better else 1.0
         entry = {"step": val["step"], "value": val["value"], "file": f"step_{val['step']:08d}.pt"}
