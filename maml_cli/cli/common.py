@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import difflib
 import functools
+import logging
 import os
 import sys
 from collections.abc import Callable
 
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from maml_cli.cli.job_log import log_to_file
 from maml_cli.errors import MamlError
 
 
@@ -48,6 +50,11 @@ def describe(exc: BaseException) -> str:
         reason = exc.strerror or type(exc).__name__
         return f"cannot write or read {exc.filename}: {reason}; choose a writable location (e.g. hydra.run.dir=DIR)"
     if type(exc).__name__ in ("ConfigCompositionException", "MissingConfigException", "OverrideParseException"):
+        from maml_cli.cli.sweeps import missing_plugin
+
+        plugin = missing_plugin(str(exc))
+        if plugin:
+            return plugin
         lines = []
         for line in str(exc).strip().splitlines():
             if line.startswith("Config search path"):
@@ -58,11 +65,12 @@ def describe(exc: BaseException) -> str:
     return head
 
 
-class _ReportedError(BaseException):
-    """Carries a :class:`MamlError` out of a Hydra task function without Hydra logging it.
+class ReportedError(BaseException):
+    """Carries a :class:`MamlError` past Hydra to :func:`run_cli` without Hydra logging it.
 
-    Hydra logs "Error executing job with overrides ..." for every ``Exception`` a task raises;
-    a ``BaseException`` passes straight through to :func:`run_cli`, which prints one line.
+    Hydra logs "Error executing job with overrides ..." for every ``Exception`` a task raises,
+    and turns one raised by a callback into a warning; a ``BaseException`` passes straight
+    through to :func:`run_cli`, which prints one line.
     """
 
     def __init__(self, error: MamlError) -> None:
@@ -71,16 +79,32 @@ class _ReportedError(BaseException):
 
 
 def reports_errors(task: Callable) -> Callable:
-    """Decorate a Hydra task function so its input errors reach :func:`run_cli` unlogged."""
+    """Decorate a Hydra task function so its input errors reach :func:`run_cli` as one line.
+
+    The line goes into the job's log file (``train.log``) too. In a multirun that
+    :class:`~maml_cli.cli.sweeps.SweepReport` watches, a failing job does not end the multirun:
+    its line is printed here, the job returns the worst objective for its metric, and the
+    multirun fails at its end with a summary of the jobs that failed.
+    """
 
     @functools.wraps(task)
-    def wrapper(*args, **kwargs):
+    def wrapper(cfg, *args, **kwargs):
+        from maml_cli.cli import sweeps
+
         try:
-            return task(*args, **kwargs)
+            value = task(cfg, *args, **kwargs)
         except MamlError as exc:
             if os.environ.get("MAML_DEBUG") == "1":
                 raise
-            raise _ReportedError(exc) from exc
+            log_to_file(f"error: {exc}", logging.ERROR)
+            if not sweeps.survives(exc):
+                raise ReportedError(exc) from exc
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            worst = sweeps.worst_objective(cfg)
+            sweeps.record_job(value=worst, error=exc)
+            return worst
+        sweeps.record_job(value=value)
+        return value
 
     return wrapper
 
@@ -99,8 +123,8 @@ def run_cli(hydra_main: Callable[[], object]) -> None:
         sys.path.append(os.getcwd())
     try:
         hydra_main()
-    except (MamlError, _ReportedError) as exc:
-        error = exc.error if isinstance(exc, _ReportedError) else exc
+    except (MamlError, ReportedError) as exc:
+        error = exc.error if isinstance(exc, ReportedError) else exc
         if debug:
             raise
         print(f"error: {error}", file=sys.stderr)

@@ -6,6 +6,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from maml_cli.cli import sweeps
 from maml_cli.cli.common import reports_errors, run_cli
 from maml_cli.config import config_dir, register_configs
 from maml_cli.engine import Trainer
@@ -16,11 +17,15 @@ from maml_cli.engine import Trainer
 def _train(cfg: DictConfig) -> float:
     run_dir = HydraConfig.get().runtime.output_dir
     metrics = Trainer(cfg, run_dir).fit()
-    return metrics["best"]["value"]  # what a Hydra sweeper optimises
+    # What a Hydra sweeper optimises. Never NaN or inf (every validation diverged) nor missing:
+    # Optuna cannot store it, so the worst value for the metric's direction stands in.
+    best = metrics.get("best") or {}
+    return sweeps.finite_objective(best.get("value"), cfg)
 
 
 def main() -> None:
     register_configs()
+    sweeps.register_resolvers()
     run_cli(_train)
 
 
