@@ -270,3 +270,15 @@ def test_the_final_figure_is_logged_once(tmp_path):
     events.Reload()
     steps = [event.step for event in events.Images("val/adaptation")]
     assert sorted(steps) == [3, 6], steps  # one per validation, the final one once
+
+
+def test_help_lists_the_options_a_user_can_pick_and_no_schemas(tmp_path):
+    proc = run_cli("maml-train", "--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "_schema" not in proc.stdout
+    groups = dict(
+        line.split(": ", 1) for line in proc.stdout.splitlines() if line.startswith(("dataset: ", "inner_loop: "))
+    )
+    assert groups["dataset"].split(", ")[-1] == "tieredimagenet" and "sinusoid" in groups["dataset"]
+    assert set(groups["inner_loop"].split(", ")) == {"anil", "fomaml", "imaml", "maml", "mamlpp", "metasgd", "reptile"}
+    assert "hparams_search: omniglot_optuna, sinusoid_optuna" in proc.stdout

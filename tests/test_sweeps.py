@@ -31,7 +31,7 @@ with warnings.catch_warnings():
 
 #: How a search preset is picked. train.yaml's defaults list has no `hparams_search: null` entry,
 #: so the group is appended with `+`; with that entry it would be `hparams_search=NAME`.
-SEARCH = "+hparams_search"
+SEARCH = "hparams_search"
 #: A real run of three meta-steps, each validated and checkpointed: a job takes about a second.
 TINY = (
     "trainer.max_steps=3",
