@@ -8,8 +8,9 @@ cores the other process (or torch's own other threads) needs, and everybody slow
 and parallel multirun jobs made each other 10-50x slower. Two settings fix that:
 
 - the number of threads (``trainer.num_threads`` / ``eval.num_threads``): for small models the
-  work per operation is too little to share (one thread is as fast, or faster, even alone), and
-  for convolutions the default is chosen by measurement (``scripts/bench_busy_machine.py``);
+  work per operation is too little to share (one thread is as fast, or faster, even alone); for
+  convolutions, unless a number is given, a :class:`ThreadGovernor` uses the cores that other
+  processes leave free (measured with ``scripts/bench_busy_machine.py``);
 - the wait policy: a short spin (:data:`SPIN_COUNT` iterations) before a thread sleeps, set in
   the environment before torch loads OpenMP, unless the user set ``OMP_WAIT_POLICY`` or
   ``GOMP_SPINCOUNT`` already.
@@ -21,6 +22,7 @@ can run before torch is loaded.
 from __future__ import annotations
 
 import os
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -45,19 +47,98 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_threads(model: nn.Module) -> int:
+def _machine_busy_seconds() -> float | None:
+    """CPU seconds all processes of the machine have used since boot (``/proc/stat``), or None
+    where there is no such file."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()[1:]
+    except OSError:
+        return None
+    ticks = [int(v) for v in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_busy_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+class ThreadGovernor:
+    """Gives torch as many threads as there are cores that other processes leave idle.
+
+    A convolutional step on a 2-core machine runs 1.75x faster on two threads than on one when the
+    machine is idle, but next to one other busy process two threads make it 3.4x slower than alone
+    (their barriers wait for a core the other process holds), while one thread loses nothing
+    (measured with ``scripts/bench_busy_machine.py``). So every ``interval`` seconds the governor
+    measures the CPU time that the rest of the machine used (all processes, from ``/proc/stat``,
+    less this process's own) and sets the thread count to the cores it left free, at least one.
+    Two governed runs side by side settle on one thread each; when one ends, the other takes both
+    cores back within an interval.
+    """
+
+    def __init__(self, cores: int | None = None, interval: float = 5.0) -> None:
+        self.cores = cores or available_cores()
+        self.interval = interval
+        self._last = self._sample()
+        self.threads = self.cores
+
+    @staticmethod
+    def _sample() -> tuple[float, float | None, float]:
+        return time.perf_counter(), _machine_busy_seconds(), _own_busy_seconds()
+
+    def others_busy(self) -> float | None:
+        """Cores the other processes kept busy since the last sample (None: cannot tell)."""
+        now = self._sample()
+        (t0, machine0, own0), (t1, machine1, own1) = self._last, now
+        self._last = now
+        if machine0 is None or machine1 is None or t1 - t0 <= 0:
+            return None
+        return max(0.0, (machine1 - machine0) - (own1 - own0)) / (t1 - t0)
+
+    def adjust(self) -> int:
+        """Re-measure and set torch's thread count; returns it."""
+        import torch
+
+        others = self.others_busy()
+        if others is not None:
+            # A core counts as taken when other processes used more than half of it.
+            self.threads = max(1, min(self.cores, self.cores - int(others + 0.5)))
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        return self.threads
+
+    def maybe_adjust(self) -> int:
+        """:meth:`adjust` when ``interval`` seconds have passed since the last sample."""
+        if time.perf_counter() - self._last[0] >= self.interval:
+            return self.adjust()
+        return self.threads
+
+
+def default_threads(model: nn.Module) -> int | None:
     """The thread count when none is given: one for models without convolutions (a small MLP's
-    operations are too small to share), every available core for convolutional models."""
+    operations are too small to share: one thread is as fast alone and does not slow down next to
+    other processes), ``None`` for convolutional models: a :class:`ThreadGovernor` decides."""
     from torch import nn
 
     has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
-    return available_cores() if has_conv else 1
+    return None if has_conv else 1
 
 
-def configure_threads(num_threads: int | None, model: nn.Module) -> int:
-    """Set torch's intra-op thread count (``None``: :func:`default_threads`); returns it."""
+def configure_threads(num_threads: int | None, model: nn.Module, settle: float = 0.25) -> ThreadGovernor | None:
+    """Set torch's intra-op thread count: ``num_threads`` if given, else :func:`default_threads`.
+
+    Returns the :class:`ThreadGovernor` when the count is left to one (the caller calls its
+    ``maybe_adjust`` as work goes on), after a first measurement over ``settle`` seconds.
+    """
     import torch
 
     threads = default_threads(model) if num_threads is None else int(num_threads)
-    torch.set_num_threads(threads)
-    return threads
+    if threads is not None:
+        torch.set_num_threads(threads)
+        return None
+    governor = ThreadGovernor()
+    time.sleep(settle)
+    governor.adjust()
+    return governor

@@ -46,7 +46,8 @@ class Trainer:
         seed_everything(int(cfg.seed))
         run = build_run(cfg, self.device)
         self.tasks, self.algorithm = run.tasks, run.algorithm
-        self.num_threads = configure_threads(cfg.trainer.get("num_threads"), self.algorithm.model)
+        # None, or a governor that fits the thread count to the cores other processes leave idle.
+        self.thread_governor = configure_threads(cfg.trainer.get("num_threads"), self.algorithm.model)
         self.optimizer = build_optimizer(cfg.optimizer, self.algorithm.parameters())
         self.scheduler = build_scheduler(cfg.optimizer, self.optimizer, int(cfg.trainer.max_steps))
         self.task_generator = torch.Generator(device=self.device)
@@ -163,10 +164,11 @@ class Trainer:
         metric = self.tasks.metric_name
         strategy = self.algorithm.strategy()
         log.info(
-            "run dir %s | device %s (%d CPU threads) | task batching %s | steps %d -> %d",
+            "run dir %s | device %s (%d CPU threads%s) | task batching %s | steps %d -> %d",
             self.run_dir,
             self.device,
-            self.num_threads,
+            torch.get_num_threads(),
+            ", as many as other processes leave idle" if self.thread_governor else "",
             strategy,
             self.step,
             max_steps,
@@ -189,6 +191,8 @@ class Trainer:
                 tick = time.perf_counter()
                 budget = 60.0 * trainer.max_minutes if trainer.max_minutes else float("inf")
                 while self.step < max_steps:
+                    if self.thread_governor is not None:
+                        self.thread_governor.maybe_adjust()
                     batch = self.tasks.sample(int(trainer.meta_batch_size), self.task_generator)
                     self.optimizer.zero_grad(set_to_none=True)
                     out = self.algorithm.meta_backward(batch, step=self.step)
