@@ -29,7 +29,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from toolkit import BIN, maml_eval
+from toolkit import BIN, maml_eval, number
 
 SHOTS = (5, 10, 20)
 PUBLISHED = {"maml": {5: 0.686, 10: 0.435, 20: 0.228}, "metasgd": {5: 0.482, 10: 0.258, 20: 0.127}}
@@ -126,10 +126,10 @@ def main() -> None:
     print(f"{'method':<10}| {'shots':>5} | {'MSE ± 95% CI':>16} | {'published':>9}")
     for run in runs:
         est = run[args.checkpoint]
-        mse = f"{est['mean']:.3f} ± {est['ci95']:.3f}"
+        mse = f"{number(est['mean'])} ± {number(est['ci95'])}"
         line = f"{run['method']:<10}| {run['shots']:>5} | {mse:>16} | {run['published']:>9.3f}"
-        if est["non_finite_tasks"]:
-            line += f"  (diverged on {est['non_finite_tasks']} tasks)"
+        if est["diverged_tasks"]:
+            line += f"  (diverged on {est['diverged_tasks']} tasks; median {number(est['median'])})"
         print(line)
     for run in runs:
         if run["learned_rates"]:

@@ -15,6 +15,11 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 
 
+def number(value: float | None, spec: str = ".3f") -> str:
+    """A figure from ``eval.json``, where strict JSON writes NaN and infinity as ``null``."""
+    return "nan/inf" if value is None else format(value, spec)
+
+
 def maml_eval(checkpoint: Path, output: Path, run_dir: Path, *overrides: str, quiet: bool = False) -> dict:
     """Score ``checkpoint`` on 600 test episodes (unless an override says otherwise) and return
     the JSON written to ``output``; ``run_dir`` takes Hydra's log of the evaluation."""

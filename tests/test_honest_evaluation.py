@@ -19,7 +19,7 @@ from maml_cli.engine.evaluation import DIVERGENCE_FACTOR, diverged, summarise
 from maml_cli.engine.trainer import Trainer
 
 from .helpers import TINY, run_cli
-from .test_cli import QUIET, assert_one_line_error
+from .test_cli import QUIET
 
 
 def _strict_json(path):
@@ -213,49 +213,6 @@ def test_write_json_and_save_checkpoint_are_the_same_atomic_write(tmp_path):
     write_json({"x": 1}, tmp_path / "a.json")
     save_checkpoint({"x": 1}, tmp_path / "a.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.pt"]  # no temporary left
-
-
-# -- threads ------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("key", ["trainer.num_threads=0", "trainer.num_threads=-2"])
-def test_num_threads_must_be_positive_for_training(tmp_path, key):
-    proc = run_cli("maml-train", *TINY, *QUIET, key, "hydra.run.dir=run", cwd=tmp_path)
-    assert_one_line_error(proc, "trainer.num_threads must be an integer >= 1")
-    assert proc.returncode == 1 and not (tmp_path / "run/checkpoints").exists()
-
-
-def test_num_threads_is_applied_and_logged(tmp_path):
-    proc = run_cli(
-        "maml-train", *TINY, *QUIET, "trainer.max_steps=1", "trainer.num_threads=2", "hydra.run.dir=run", cwd=tmp_path
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "(2 CPU threads)" in (tmp_path / "run/train.log").read_text()
-    proc = run_cli("maml-train", *TINY, *QUIET, "trainer.max_steps=1", "hydra.run.dir=run1", cwd=tmp_path)
-    assert "(1 CPU threads)" in (tmp_path / "run1/train.log").read_text()  # the MLP's default
-    proc = run_cli(
-        "maml-eval",
-        f"checkpoint={tmp_path / 'run/checkpoints/last.pt'}",
-        "eval.num_threads=0",
-        "hydra.run.dir=ev",
-        cwd=tmp_path,
-    )
-    assert_one_line_error(proc, "eval.num_threads must be an integer >= 1")
-
-
-def test_the_wait_policy_is_set_before_torch_loads_unless_the_user_chose_one(tmp_path):
-    code = "import os, maml_cli.cli, torch; print(os.environ.get('GOMP_SPINCOUNT'))"
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    from maml_cli.threads import SPIN_COUNT
-
-    assert out.stdout.strip() == str(SPIN_COUNT)
-    env["OMP_WAIT_POLICY"] = "ACTIVE"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "None"
 
 
 # -- logs and TensorBoard -------------------------------------------------------------------------
