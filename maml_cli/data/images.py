@@ -21,12 +21,13 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from maml_cli.data.tasks import TaskBatch
-from maml_cli.errors import ConfigError, MamlError
+from maml_cli.errors import ConfigError
+from maml_cli.storage import remove_interrupted_writes, save_verified, split_integrity
 
 log = logging.getLogger("maml_cli")
 
 _SPLIT_SEEDS = {"val": 1_000_003, "test": 2_000_003}
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: with an integrity digest
 
 
 def default_data_root() -> Path:
@@ -44,46 +45,49 @@ def default_cache_dir() -> Path:
 @dataclass
 class ImageCache:
     """A whole dataset decoded: ``images`` uint8 ``[N, C, H, W]``, ``labels`` int64 ``[N]``
-    indexing ``class_names``."""
+    indexing ``class_names``.
+
+    Saved with an integrity digest (:mod:`maml_cli.storage`) that is checked on every load: a
+    cache damaged on disk (``torch.load`` does not check its zip CRCs) is rebuilt with a warning
+    naming it, never trained on. Caches of format 1, written before digests, are rebuilt once.
+    """
 
     images: Tensor
     labels: Tensor
     class_names: list[str]
 
     def save(self, path: Path) -> None:
-        from maml_cli.engine.checkpoint import save_checkpoint  # the same atomic write
-
         state = {"format": CACHE_FORMAT, "images": self.images, "labels": self.labels, "class_names": self.class_names}
-        save_checkpoint(state, path)
+        save_verified(state, path, "choose another dataset.cache_dir (or set MAML_CACHE_DIR)")
 
     @staticmethod
     def load(path: Path) -> ImageCache | None:
-        """The cache at ``path``, or None when it is missing, unreadable or of another format."""
+        """The cache at ``path``, or None when it is missing, damaged or of another format."""
         if not path.is_file():
             return None
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state, verified = split_integrity(torch.load(path, map_location="cpu", weights_only=True))
             if state.get("format") != CACHE_FORMAT:
+                log.info("image cache %s is of an older format; rebuilding it", path)
                 return None
+            if not verified:
+                raise ValueError("its contents do not match the integrity digest written with it")
             return ImageCache(state["images"], state["labels"], list(state["class_names"]))
-        except Exception:  # a damaged cache is rebuilt, never trusted
-            log.warning("image cache %s is unreadable; rebuilding it", path)
+        except Exception as exc:  # a damaged cache is rebuilt, never trusted
+            why = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+            log.warning("image cache %s is damaged (%s); rebuilding it", path, why)
             return None
 
     @staticmethod
     def load_or_build(path: Path, build: Callable[[], ImageCache]) -> ImageCache:
-        """Decode once with ``build`` and keep the result at ``path`` for every later run."""
+        """Decode once with ``build`` and keep the result at ``path`` for every later run. Leftovers
+        of a write that was killed in this cache dir are removed first."""
+        remove_interrupted_writes(path.parent)
         cache = ImageCache.load(path)
         if cache is None:
             log.info("decoding images once into %s", path)
             cache = build()
-            try:
-                cache.save(path)
-            except OSError as exc:
-                raise MamlError(
-                    f"cannot write the image cache {path}: {exc.strerror or exc}; "
-                    "set dataset.cache_dir to a writable directory"
-                ) from None
+            cache.save(path)  # a failure is one line naming the file (storage.WriteError)
         return cache
 
 
