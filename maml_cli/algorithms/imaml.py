@@ -34,7 +34,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from maml_cli.algorithms.maml import MAML, LossFn, MetaStepOutput, Params
+from maml_cli.algorithms.maml import MAML, LossFn, MetaStepOutput, Params, clip_task_gradients
 from maml_cli.data.tasks import TaskBatch
 
 
@@ -117,6 +117,7 @@ class IMAML(MAML):
             )
         with torch.no_grad():
             grads = {k: g + self.lam * (fast[k] - anchor[k]) for k, g in zip(names, grads)}
+            grads = clip_task_gradients(grads, self.grad_clip, batched)
             new = self.inner_update({k: v.detach() for k, v in fast.items()}, grads, step)
         return {k: v.detach().requires_grad_(True) for k, v in new.items()}, losses.detach()
 

@@ -46,6 +46,26 @@ class MetaStepOutput:
     loss_after: Tensor
 
 
+def clip_task_gradients(grads: Params, max_norm: float | None, batched: bool) -> Params:
+    """Scale each task's inner gradient down to a global norm of at most ``max_norm`` (None: as is).
+
+    A safeguard against the inner loop blowing up on an unlucky task (plain SGD at a fixed rate
+    overshoots when a support set's loss is steep): the step keeps its direction, only its length
+    is bounded. With ``batched`` the first dimension indexes tasks and each task is scaled on its
+    own. Differentiable, so second-order meta-gradients see the clipped step.
+    """
+    if max_norm is None:
+        return grads
+    if batched:
+        squares = sum(g.pow(2).reshape(g.shape[0], -1).sum(dim=1) for g in grads.values())
+    else:
+        squares = sum(g.pow(2).sum() for g in grads.values())
+    scale = (max_norm / (squares.sqrt() + 1e-12)).clamp(max=1.0)
+    if not batched:
+        return {k: g * scale for k, g in grads.items()}
+    return {k: g * scale.reshape(-1, *([1] * (g.dim() - 1))) for k, g in grads.items()}
+
+
 def last_parametrised_module(model: nn.Module) -> str:
     """The name of the last submodule holding parameters of its own: the head, by convention."""
     names = [name for name, module in model.named_modules() if any(True for _ in module.parameters(recurse=False))]
@@ -72,6 +92,8 @@ class MAML(nn.Module):
             "MAML is a Noisy Contrastive Learner in Classification", Sec. 4). Since the classes of a
             task are in random order, a learned head only adds noise to the first inner step; a
             zero head makes that step build each class's weights from its own support features.
+        grad_clip: bound each task's inner gradient to this global norm at every inner step, in
+            training and at evaluation (None: off, as the papers' protocols are).
     """
 
     def __init__(
@@ -85,8 +107,12 @@ class MAML(nn.Module):
         task_batching: str = "auto",
         task_chunk: int = 0,
         zero_head: bool = False,
+        grad_clip: float | None = None,
     ) -> None:
         super().__init__()
+        if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and grad_clip > 0):
+            raise ValueError(f"inner_loop.grad_clip must be a number > 0 or null (off), got {grad_clip!r}")
+        self.grad_clip = None if grad_clip is None else float(grad_clip)
         self.model = model
         self.loss = loss
         self.steps = steps
@@ -167,7 +193,7 @@ class MAML(nn.Module):
                 allow_unused=True,
                 materialize_grads=True,
             )
-            fast = self.inner_update(fast, dict(zip(names, grads)), step)
+            fast = self.inner_update(fast, clip_task_gradients(dict(zip(names, grads)), self.grad_clip, batched), step)
         if loss_before is None:
             with torch.no_grad():
                 loss_before = self._task_losses(fast, x, y, batched)
@@ -197,7 +223,7 @@ class MAML(nn.Module):
             grads = torch.autograd.grad(
                 losses.sum(), [fast[k] for k in names], allow_unused=True, materialize_grads=True
             )
-            new = self.inner_update(fast, dict(zip(names, grads)), step)
+            new = self.inner_update(fast, clip_task_gradients(dict(zip(names, grads)), self.grad_clip, True), step)
         return {k: v.detach().requires_grad_(True) for k, v in new.items()}
 
     # -- what the engine calls -----------------------------------------------------------------

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
-from maml_cli.algorithms.maml import MAML, LossFn, MetaStepOutput, Params
+from maml_cli.algorithms.maml import MAML, LossFn, MetaStepOutput, Params, clip_task_gradients
 from maml_cli.data.tasks import TaskBatch
 from maml_cli.models.per_step_norm import PerStepState, swap_batch_norms
 
@@ -115,6 +115,7 @@ class MAMLPlusPlus(MAML):
         bn_momentum: float = 0.1,
         bn_eval_stats: str = "batch",
         first_order_steps: int = 0,
+        grad_clip: float | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -126,6 +127,7 @@ class MAMLPlusPlus(MAML):
             task_batching=task_batching,
             task_chunk=task_chunk,
             zero_head=zero_head,
+            grad_clip=grad_clip,
         )
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"inner_loop.steps must be an integer >= 1, got {steps!r}")
@@ -257,7 +259,7 @@ class MAMLPlusPlus(MAML):
                 allow_unused=True,
                 materialize_grads=True,
             )
-            fast = self.inner_update(fast, dict(zip(names, grads)), k)
+            fast = self.inner_update(fast, clip_task_gradients(dict(zip(names, grads)), self.grad_clip, batched), k)
             if weights[k] > 0:
                 query = self._losses_at(k + 1, fast, query_x, query_y, batched, stats)
                 objective = weights[k] * query if objective is None else objective + weights[k] * query

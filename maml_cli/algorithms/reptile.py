@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
-from maml_cli.algorithms.maml import MAML, LossFn, MetaStepOutput, Params
+from maml_cli.algorithms.maml import MAML, LossFn, MetaStepOutput, Params, clip_task_gradients
 from maml_cli.data.tasks import TaskBatch
 
 InnerState = dict[str, Params]
@@ -287,7 +287,8 @@ class Reptile(MAML):
             )
         with torch.no_grad():
             detached = {k: v.detach() for k, v in leaves.items()}
-            new, state = self.inner_optimizer.update(detached, dict(zip(names, grads)), state, t)
+            grads = clip_task_gradients(dict(zip(names, grads)), self.grad_clip, batched)
+            new, state = self.inner_optimizer.update(detached, grads, state, t)
         return new, state, losses.detach()
 
     def _train(

@@ -50,6 +50,7 @@ class InnerLoopConfig:
     task_batching: TaskBatchingChoice = TaskBatchingChoice.auto
     task_chunk: int = 0  # with vmap: tasks adapted at once (0 = whole meta-batch)
     zero_head: bool = False  # every task starts from a zero head (Kao et al. 2022's zeroing trick)
+    grad_clip: float | None = None  # bound each task's inner gradient norm at every inner step (None = off)
 
 
 @dataclass

@@ -68,6 +68,9 @@ def validate_run_config(cfg: DictConfig | Mapping[str, Any]) -> None:
     minutes = _get(cfg, "trainer.max_minutes")
     if minutes is not None:
         require_positive_float(minutes, "trainer.max_minutes")
+    inner_clip = _get(cfg, "inner_loop.grad_clip")
+    if inner_clip is not None:
+        require_positive_float(inner_clip, "inner_loop.grad_clip")
     clip = _get(cfg, "trainer.grad_clip")
     if clip is not None:
         require_positive_float(clip, "trainer.grad_clip")
