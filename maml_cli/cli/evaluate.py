@@ -22,9 +22,11 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from maml_cli.cli import run_start
 from maml_cli.cli.common import reports_errors, run_cli
 from maml_cli.cli.job_log import log_to_file
 from maml_cli.config import config_dir, register_configs, validate_eval_config, validate_run_config
+from maml_cli.engine import run_dir
 from maml_cli.engine.build import build_run
 from maml_cli.engine.checkpoint import load_checkpoint, write_json
 from maml_cli.engine.device import resolve_device
@@ -222,8 +224,9 @@ def _print_table(result: dict[str, Any], per_step: list[StepScore], output: Path
 def _eval(cfg: DictConfig) -> float:
     if OmegaConf.is_missing(cfg, "checkpoint"):
         raise ConfigError("maml-eval needs checkpoint=PATH (a .pt file written by maml-train)")
-    with torch.inference_mode(False):
-        result = evaluate_checkpoint(cfg, Path(HydraConfig.get().runtime.output_dir))
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    with torch.inference_mode(False), run_dir.locked(output_dir):
+        result = evaluate_checkpoint(cfg, output_dir)
     return result["mean"]
 
 
@@ -233,6 +236,7 @@ def main() -> None:
 
 
 def _main() -> None:
+    run_start.lock_explicit_run_dir(sys.argv[1:])
     try:
         path = _checkpoint_argument(sys.argv[1:])
         base: dict[str, Any] = {}

@@ -27,6 +27,7 @@ from maml_cli.engine.device import resolve_device
 from maml_cli.engine.evaluation import display_scale, score_tasks, summarise
 from maml_cli.engine.figures import adaptation_figure
 from maml_cli.engine.optim import build_optimizer, build_scheduler
+from maml_cli.engine.resume import load_optimizer_state, resume_command
 from maml_cli.engine.rng import capture_rng_states, restore_rng_states, seed_everything
 from maml_cli.errors import CheckpointError, NonFiniteLossError, TrainingInterrupted
 from maml_cli.threads import configure_threads
@@ -90,8 +91,7 @@ class Trainer:
         state = load_checkpoint(path)
         try:
             self.algorithm.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            load_optimizer_state(self.optimizer, self.scheduler, state, self.cfg)  # with the config's rates
             restore_rng_states(state["rng"], self.task_generator)
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             first = str(exc).strip().splitlines()[0][:200]
@@ -369,8 +369,7 @@ class Trainer:
             write_json(self._metrics(wall) | {"interrupted_at_step": self.step}, self.run_dir / "metrics.json")
         name = signal.Signals(signum).name
         raise TrainingInterrupted(
-            f"{name}: stopped at step {self.step} and saved {path}; continue with "
-            f"maml-train hydra.run.dir={self.run_dir} trainer.resume=auto (same overrides as before)",
+            f"{name}: stopped at step {self.step} and saved {path}; continue with {resume_command(self.run_dir)}",
             signum,
         )
 
