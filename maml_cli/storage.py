@@ -19,9 +19,8 @@ structure (every tensor's bytes, dtype and shape, every key and plain value) ins
 :func:`split_integrity` recomputes it after loading. xxh3 runs at memory speed: on the 25 MB
 Omniglot cache it takes 2.5-4 ms, as long as a plain numpy sum over the same bytes, where
 ``zipfile.testzip`` (zlib CRC-32) takes 16-18 ms and SHA-256 18 ms or more
-(``scripts/bench_integrity.py``). The digest detects damage (a bad
-disk, a torn copy, bytes overwritten), not tampering: whoever can write the file can rewrite the
-digest too.
+(``scripts/bench_integrity.py``). The digest detects damage (a bad disk, a torn copy, bytes
+overwritten), not tampering: whoever can write the file can rewrite the digest too.
 """
 
 from __future__ import annotations
