@@ -32,10 +32,12 @@ TARGETS = {1: 0.70, 5: 0.40, 10: 0.37}
 PAPER = {1: 0.67, 5: 0.38, 10: 0.35}
 
 
-def evaluate(checkpoint: Path, shots: int, steps: int, out: Path) -> dict:
-    name = f"eval_{checkpoint.stem}_{shots}shot"
-    overrides = (f"dataset.shots={shots}", "dataset.query=100", f"eval.steps={steps}")
-    return maml_eval(checkpoint, out / f"{name}.json", out / name, *overrides)
+def evaluate(checkpoint: Path, shots: int, steps: int, out: Path, grad_clip: float | None = None) -> dict:
+    name = f"eval_{checkpoint.stem}_{shots}shot" + (f"_clip{grad_clip:g}" if grad_clip else "")
+    overrides = [f"dataset.shots={shots}", "dataset.query=100", f"eval.steps={steps}"]
+    if grad_clip:
+        overrides.append(f"inner_loop.grad_clip={grad_clip}")
+    return maml_eval(checkpoint, out / f"{name}.json", out / name, *overrides, quiet=True)
 
 
 def row(label: str, est: dict) -> str:
@@ -51,21 +53,32 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=70_000)
     parser.add_argument("--out", type=Path, default=Path("bench-out/sinusoid"))
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--grad-clip",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also score 5-shot with inner_loop.grad_clip=G at evaluation (the optional safeguard)",
+    )
+    parser.add_argument("--reuse", action="store_true", help="evaluate the run already in --out, do not train")
     args = parser.parse_args()
 
     run_dir = args.out / "train"
     started = time.perf_counter()
-    subprocess.run(
-        [
-            str(BIN / "maml-train"),
-            "experiment=sinusoid_maml_paper",
-            f"trainer.max_steps={args.steps}",
-            f"trainer.device={args.device}",
-            "trainer.progress=false",
-            f"hydra.run.dir={run_dir}",
-        ],
-        check=True,
-    )
+    if args.reuse:
+        started = time.perf_counter() - json.loads((run_dir / "metrics.json").read_text())["wall_time_s"]
+    else:
+        subprocess.run(
+            [
+                str(BIN / "maml-train"),
+                "experiment=sinusoid_maml_paper",
+                f"trainer.max_steps={args.steps}",
+                f"trainer.device={args.device}",
+                "trainer.progress=false",
+                f"hydra.run.dir={run_dir}",
+            ],
+            check=True,
+        )
     train_seconds = time.perf_counter() - started
     metrics = json.loads((run_dir / "metrics.json").read_text())
     results = {"train_seconds": train_seconds, "median_step_ms": metrics["median_step_ms"]}
@@ -102,6 +115,12 @@ def main() -> None:
             if res["diverged_tasks"]:
                 print(f"  {name}.pt {label}: adaptation diverged on {res['diverged_tasks']} of 600 tasks")
     print(f"targets met (best.pt): {'yes' if met else 'no'}")
+    for clip in args.grad_clip:
+        for name in ("best", "last"):
+            res = evaluate(run_dir / f"checkpoints/{name}.pt", 5, 10, args.out, grad_clip=clip)
+            results[name][f"five_shot_clip{clip:g}"] = res
+            for steps in TARGETS:
+                print(row(f"{name}.pt clip {clip:g}, {steps} step(s)", res["per_step"][steps]))
     results["targets_met"] = met
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 

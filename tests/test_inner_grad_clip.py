@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -56,3 +58,24 @@ def test_the_clip_keeps_exploding_tasks_finite_at_evaluation():
 def test_a_non_positive_bound_is_one_line(tmp_path):
     proc = run_cli("maml-train", *TINY, *QUIET, "inner_loop.grad_clip=0", "hydra.run.dir=run", cwd=tmp_path)
     assert_one_line_error(proc, "inner_loop.grad_clip must be a number > 0")
+
+
+def test_checkpoints_from_before_the_key_can_set_it_at_evaluation(tmp_path):
+    from maml_cli.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    proc = run_cli("maml-train", *TINY, *QUIET, "trainer.max_steps=1", "hydra.run.dir=run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    state = load_checkpoint(tmp_path / "run/checkpoints/last.pt")
+    del state["config"]["inner_loop"]["grad_clip"], state["config"]["trainer"]["num_threads"]  # as saved before
+    save_checkpoint(state, tmp_path / "old.pt")
+    args = ("eval.episodes=10", "eval.steps=2", "eval.output=e.json", "hydra.run.dir=ev")
+    proc = run_cli(
+        "maml-eval", "checkpoint=old.pt", "inner_loop.grad_clip=0.001", "eval.num_threads=1", *args, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    clipped = json.loads((tmp_path / "e.json").read_text())
+    proc = run_cli("maml-eval", "checkpoint=old.pt", *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    plain = json.loads((tmp_path / "e.json").read_text())
+    assert clipped["per_step"][0]["mean"] == plain["per_step"][0]["mean"]  # same tasks, same start
+    assert clipped["per_step"][2]["mean"] != plain["per_step"][2]["mean"]  # the bound was applied
