@@ -26,6 +26,7 @@ from maml_cli.cli import run_start
 from maml_cli.cli.common import reports_errors, run_cli
 from maml_cli.cli.job_log import log_to_file
 from maml_cli.config import config_dir, register_configs, validate_eval_config, validate_run_config
+from maml_cli.config.compat import upgrade_run_config
 from maml_cli.engine import run_dir
 from maml_cli.engine.build import build_run
 from maml_cli.engine.checkpoint import load_checkpoint, write_json
@@ -243,7 +244,7 @@ def _main() -> None:
         if path is not None:
             state = load_checkpoint(path)
             _loaded[path] = state
-            base = state["config"]
+            base = upgrade_run_config(state["config"])
     except MamlError as exc:
         # --help should work without a checkpoint; any real run reports the problem.
         if any(flag in sys.argv for flag in ("--help", "-h", "--hydra-help")):
