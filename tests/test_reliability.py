@@ -229,3 +229,150 @@ def test_the_printed_resume_command_continues_the_run_exactly(tmp_path):
     straight.fit()
     for name, value in straight.algorithm.state_dict().items():
         assert torch.equal(value, final["model"][name]), name
+
+
+# -- item 4: every failure one line, naming its file ---------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (a real full disk, ENOSPC from the kernel); root only, as mounting needs it."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> None:
+    """Fill ``disk`` up to ``leave`` free bytes."""
+    stat = os.statvfs(disk)
+    free = stat.f_bavail * stat.f_frsize
+    with open(disk / "filler", "wb") as handle:
+        handle.write(b"\0" * max(free - leave, 0))
+
+
+def _no_noise(proc: subprocess.CompletedProcess) -> None:
+    for noise in ("Traceback", "Exception in thread", "Error executing job", "--- Logging error ---"):
+        assert noise not in proc.stderr + proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("leave", [0, 8 * 1024, 48 * 1024])
+def test_a_full_disk_is_one_line_and_keeps_what_was_written(small_disk, tmp_path, leave):
+    """0 bytes: Hydra's .hydra/ at start; more: the log, TensorBoard or a checkpoint fills it."""
+    keep = small_disk / "run/checkpoints/kept.pt"
+    keep.parent.mkdir(parents=True)
+    keep.write_bytes(b"an earlier file")
+    _fill(small_disk, leave)
+    proc = run_cli("maml-train", *TINY, *QUIET, f"hydra.run.dir={small_disk / 'run'}", cwd=tmp_path)
+    line = assert_one_line_error(proc, "No space left on device")
+    assert proc.returncode == 1, line
+    _no_noise(proc)
+    assert keep.read_bytes() == b"an earlier file"
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """Make a dir read-only for real: a read-only bind mount as root (root ignores permission
+    bits), permission bits otherwise."""
+    made: list[Path] = []
+
+    def make(path: Path) -> Path:
+        as_root = os.geteuid() == 0
+        if as_root:
+            subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
+            subprocess.run(["mount", "-o", "remount,ro,bind", str(path)], check=True)
+        else:
+            for p in [path, *path.rglob("*")]:
+                if p.is_dir():
+                    p.chmod(0o555)
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(path)], check=False)
+        else:
+            for p in [path, *path.rglob("*")]:
+                if p.is_dir():
+                    p.chmod(0o755)
+
+
+def test_a_read_only_run_dir_is_one_line_for_train_and_eval(six_steps, tmp_path, read_only):
+    before = {p: p.read_bytes() for p in six_steps.rglob("*") if p.is_file()}
+    read_only(six_steps)
+    train = run_cli("maml-train", *TINY, *QUIET, "hydra.run.dir=run", "trainer.resume=auto", cwd=tmp_path)
+    assert_one_line_error(train, str(six_steps), "Read-only file system" if os.geteuid() == 0 else "Permission")
+    _no_noise(train)
+    evaluated = run_cli("maml-eval", "checkpoint=run/checkpoints/last.pt", "hydra.run.dir=run", cwd=tmp_path)
+    assert_one_line_error(evaluated, str(six_steps))
+    _no_noise(evaluated)
+    assert {p: p.read_bytes() for p in six_steps.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("command", ["maml-train", "maml-eval"])
+def test_a_log_file_that_cannot_be_opened_is_one_line_naming_it(six_steps, tmp_path, command):
+    (tmp_path / "busy").mkdir()
+    log = tmp_path / "busy" / ("train.log" if command == "maml-train" else "evaluate.log")
+    log.mkdir()  # a directory where the log file should be: open() fails, as for any user
+    args = (*TINY, *QUIET) if command == "maml-train" else ("checkpoint=run/checkpoints/last.pt",)
+    proc = run_cli(command, *args, "hydra.run.dir=busy", cwd=tmp_path)
+    assert_one_line_error(proc, f"cannot write the log file {log}", "Is a directory")
+    _no_noise(proc)
+
+
+def test_tensorboard_that_cannot_write_is_one_line(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run/tb").write_text("a file where TensorBoard's dir should be")
+    proc = run_cli("maml-train", *TINY, *QUIET, "hydra.run.dir=run", cwd=tmp_path)
+    assert_one_line_error(proc, "cannot write TensorBoard events in", "run/tb")
+    _no_noise(proc)
+    assert (tmp_path / "run/tb").read_text() == "a file where TensorBoard's dir should be"
+
+
+def _png(path: Path, size: int) -> Path:
+    from PIL import Image
+
+    Image.new("L", (size, size), color=128).save(path)
+    return path
+
+
+def test_a_png_with_a_broken_chunk_is_named(tmp_path):
+    from maml_cli.data.image_files import decode_files
+    from maml_cli.errors import MamlError
+
+    good, bad = _png(tmp_path / "good.png", 8), _png(tmp_path / "bad.png", 8)
+    data = bytearray(bad.read_bytes())
+    at = data.index(b"IDAT") + 6
+    data[at] ^= 0xFF  # a flipped byte inside the IDAT chunk: its CRC no longer matches
+    bad.write_bytes(bytes(data))
+    with pytest.raises(MamlError, match=r"cannot decode image .*bad\.png.*replace or remove the file"):
+        decode_files([good, bad], [0, 1], ["a", "b"], 8, 1)
+
+
+@pytest.mark.parametrize("size", [12, 20])  # 144 px: PIL's warning; 400 px (over twice the limit): its error
+def test_a_decompression_bomb_is_named(tmp_path, monkeypatch, size):
+    from PIL import Image
+
+    from maml_cli.data.image_files import decode_files
+    from maml_cli.errors import MamlError
+
+    image = _png(tmp_path / "huge.png", size)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(MamlError, match=r"image .*huge\.png is too large to decode safely"):
+        decode_files([image], [0], ["a"], 8, 1)
+
+
+def test_too_few_images_names_the_class(tmp_path):
+    from maml_cli.data.images import FewShotImageTasks, ImageCache, SplitClasses
+    from maml_cli.errors import ConfigError
+
+    labels = [0] * 5 + [1] * 2 + [2] * 5 + [3] * 5 + [4] * 5 + [5] * 5
+    cache = ImageCache(torch.zeros(len(labels), 1, 4, 4, dtype=torch.uint8), torch.tensor(labels), list("abcdef"))
+    splits = {"train": SplitClasses.of([0, 1]), "val": SplitClasses.of([2, 3]), "test": SplitClasses.of([4, 5])}
+    with pytest.raises(ConfigError, match=r"class \(folder\) 'b' has only 2"):
+        FewShotImageTasks(cache, splits, ways=2, shots=1, query=2)

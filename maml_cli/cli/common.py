@@ -46,9 +46,13 @@ def describe(exc: BaseException) -> str:
             return f"unknown config key '{key}'{_suggest(key, omega)}: {msg}; see the valid keys with --cfg job"
         where = f"'{key}': " if key else ""
         return f"invalid config value for {where}{msg}"
-    if isinstance(exc, OSError) and exc.filename:
+    if isinstance(exc, OSError) and (exc.filename or exc.errno):  # not Hydra's MissingConfigException
         reason = exc.strerror or type(exc).__name__
-        return f"cannot write or read {exc.filename}: {reason}; choose a writable location (e.g. hydra.run.dir=DIR)"
+        where = f" {exc.filename}" if exc.filename else " the run's files"
+        return (
+            f"cannot write or read{where}: {reason}; free some space or choose a writable location "
+            "(e.g. hydra.run.dir=DIR)"
+        )
     if type(exc).__name__ in ("ConfigCompositionException", "MissingConfigException", "OverrideParseException"):
         from maml_cli.cli.sweeps import missing_plugin
 
@@ -63,6 +67,21 @@ def describe(exc: BaseException) -> str:
             lines.append(" ".join(words))
         return " ".join(line for line in lines if line)
     return head
+
+
+def _reported_cause(exc: BaseException) -> BaseException | None:
+    """The :class:`MamlError` or ``OSError`` behind ``exc``, if any: e.g. the log file that logging's
+    ``dictConfig`` could not open, which it reports as "Unable to configure handler 'file'"."""
+    if type(exc).__module__.startswith(("hydra", "omegaconf")):
+        return None  # described by describe(); an OSError in its context is Hydra's own search
+    seen: set[int] = set()
+    cause = exc.__cause__  # an explicit `raise ... from`, never an exception merely being handled
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, (MamlError, OSError)):
+            return cause
+        cause = cause.__cause__
+    return None
 
 
 class ReportedError(BaseException):
@@ -133,6 +152,12 @@ def run_cli(hydra_main: Callable[[], object]) -> None:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
+        cause = None if isinstance(exc, (OSError, OmegaConfBaseException)) else _reported_cause(exc)
+        if isinstance(cause, MamlError) and not debug:
+            print(f"error: {cause}", file=sys.stderr)
+            sys.exit(cause.exit_code)
+        if isinstance(cause, OSError):
+            exc = cause
         known = isinstance(exc, (OmegaConfBaseException, OSError)) or type(exc).__module__.startswith(
             ("hydra", "omegaconf")
         )

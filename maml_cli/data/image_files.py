@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import pickle
+import struct
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -95,7 +97,11 @@ def _decode_file(path: Path, image_size: int, channels: int) -> Tensor:
     try:
         with Image.open(path) as image:
             return _to_chw(image, image_size, channels)
-    except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise MamlError(f"image {path} is too large to decode safely ({exc}); shrink or remove the file") from None
+    # PIL's UnidentifiedImageError is an OSError; a PNG with a broken chunk raises SyntaxError,
+    # a truncated header struct.error or EOFError.
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
         raise MamlError(f"cannot decode image {path}: {exc}; replace or remove the file") from None
 
 
@@ -104,12 +110,18 @@ def decode_files(
 ) -> ImageCache:
     """Decode ``files`` (PIL releases the GIL, so threads share the work) into one cache."""
     images = torch.empty((len(files), channels, image_size, image_size), dtype=torch.uint8)
+    from PIL import Image
+
     pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1))
-    try:
-        for i, chw in enumerate(pool.map(lambda path: _decode_file(path, image_size, channels), files)):
-            images[i] = chw
-    finally:
-        pool.shutdown(cancel_futures=True)
+    # PIL only warns, without naming the file, about an image of more than MAX_IMAGE_PIXELS pixels:
+    # as an error it names it. Set here, around all the workers, as warning filters are global.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            for i, chw in enumerate(pool.map(lambda path: _decode_file(path, image_size, channels), files)):
+                images[i] = chw
+        finally:
+            pool.shutdown(cancel_futures=True)
     return ImageCache(images, torch.as_tensor(list(labels), dtype=torch.long), list(class_names))
 
 

@@ -153,6 +153,7 @@ class FewShotImageTasks:
             self._mean = torch.tensor(list(mean), device=self.device).reshape(channels, 1, 1)
             self._std = torch.tensor(list(std), device=self.device).reshape(channels, 1, 1)
         self._tables = {split: self._class_table(cache.labels, classes) for split, classes in splits.items()}
+        self._split_labels = {split: classes.labels for split, classes in splits.items()}  # for messages
         # Without rotated classes, episodes skip the rotation pass and its device syncs entirely.
         self._rotates = any(bool(classes.rotations.any()) for classes in splits.values())
         for split in ("train", "val", "test"):
@@ -175,9 +176,12 @@ class FewShotImageTasks:
             fewest = int(counts.min())
             if per_task > fewest:
                 keys = "shots + query" if split == "train" else "eval_shots + eval_query"
+                short = int((counts < per_task).sum())
+                name = self.class_names[int(self._split_labels[split][int(counts.argmin())])]
                 raise ConfigError(
-                    f"dataset {keys} = {per_task} images per class, but some {self.name} {split} "
-                    f"classes have only {fewest}; lower dataset.shots or dataset.query"
+                    f"dataset {keys} = {per_task} images per class, but {short} {self.name} {split} "
+                    f"class(es) have fewer, e.g. class (folder) {name!r} has only {fewest}; lower "
+                    "dataset.shots or dataset.query, or add images to that class"
                 )
 
     def _class_table(self, labels: Tensor, classes: SplitClasses):
@@ -187,7 +191,8 @@ class FewShotImageTasks:
         starts = torch.cumsum(per_label, 0) - per_label
         counts = per_label[classes.labels]
         if counts.numel() and int(counts.min()) == 0:
-            raise ConfigError(f"dataset {self.name}: a class of a split has no images")
+            empty = self.class_names[int(classes.labels[int(counts.argmin())])]
+            raise ConfigError(f"dataset {self.name}: class (folder) {empty!r} has no images; add some or remove it")
         width = int(counts.max()) if counts.numel() else 0
         pos = torch.arange(width)
         flat = (starts[classes.labels, None] + pos).clamp(max=max(len(order) - 1, 0))

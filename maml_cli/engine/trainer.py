@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from maml_cli.config.validate import validate_run_config
+from maml_cli.engine import tensorboard
 from maml_cli.engine.build import build_run
 from maml_cli.engine.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint, write_json
 from maml_cli.engine.device import resolve_device
@@ -157,8 +158,6 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train to ``trainer.max_steps``; returns what ``metrics.json`` holds."""
-        from torch.utils.tensorboard import SummaryWriter
-
         trainer = self.cfg.trainer
         max_steps = int(trainer.max_steps)
         metric = self.tasks.metric_name
@@ -173,7 +172,7 @@ class Trainer:
             self.step,
             max_steps,
         )
-        writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+        writer = tensorboard.Writer(self.run_dir / "tb")  # its failures are one line
         progress = tqdm(
             total=max_steps,
             initial=self.step,
