@@ -498,3 +498,22 @@ def test_flock_on_a_temporary_is_exclusive_across_open_files(tmp_path):
         fcntl.flock(writer, fcntl.LOCK_EX)
         with pytest.raises(BlockingIOError):
             fcntl.flock(cleaner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_a_run_removes_what_a_killed_writer_left_in_its_run_dir(tmp_path):
+    from .helpers import TINY, run_cli
+
+    leftovers = [
+        tmp_path / "run/checkpoints/.last.pt.abcd1234.tmp",
+        tmp_path / "run/checkpoints/top/.best.pt.x1y2z3w4.tmp",
+    ]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a checkpoint")
+    proc = run_cli(
+        "maml-train", *TINY, "trainer.max_steps=1", "trainer.progress=false", "hydra.run.dir=run", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not any(path.exists() for path in leftovers)
+    assert (tmp_path / "run/checkpoints/last.pt").is_file()
+    assert "left by an interrupted write" in (tmp_path / "run/train.log").read_text()

@@ -23,7 +23,13 @@ from tqdm import tqdm
 from maml_cli.config.validate import validate_run_config
 from maml_cli.engine import tensorboard
 from maml_cli.engine.build import build_run
-from maml_cli.engine.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint, write_json
+from maml_cli.engine.checkpoint import (
+    FORMAT_VERSION,
+    load_checkpoint,
+    remove_interrupted_checkpoint_writes,
+    save_checkpoint,
+    write_json,
+)
 from maml_cli.engine.device import resolve_device
 from maml_cli.engine.evaluation import display_scale, score_tasks, summarise
 from maml_cli.engine.figures import adaptation_figure
@@ -44,6 +50,8 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
+        for leftover in remove_interrupted_checkpoint_writes(self.run_dir):  # a killed run's partial writes
+            log.info("removed %s, left by an interrupted write", leftover)
         self.device = resolve_device(cfg.trainer.device)
         seed_everything(int(cfg.seed))
         run = build_run(cfg, self.device)
