@@ -268,7 +268,7 @@ def test_a_full_disk_is_one_line_and_keeps_what_was_written(small_disk, tmp_path
     keep.write_bytes(b"an earlier file")
     _fill(small_disk, leave)
     proc = run_cli("maml-train", *TINY, *QUIET, f"hydra.run.dir={small_disk / 'run'}", cwd=tmp_path)
-    line = assert_one_line_error(proc, "No space left on device")
+    line = assert_one_line_error(proc, "No space left on device", str(small_disk / "run"))  # names where
     assert proc.returncode == 1, line
     _no_noise(proc)
     assert keep.read_bytes() == b"an earlier file"

@@ -31,6 +31,19 @@ def _suggest(key: str | None, exc: OmegaConfBaseException) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _hydra_file(exc: BaseException) -> str | None:
+    """The file Hydra was writing when ``exc`` was raised without a file name: a full disk makes
+    the ``close()`` of ``.hydra/config.yaml`` fail with a bare ``OSError``, and Hydra has already
+    forgotten the run dir by the time the error reaches us; its ``_save_config`` frame still knows."""
+    found, tb = None, exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "_save_config" and {"output_dir", "filename"} <= frame.f_locals.keys():
+            found = os.path.join(str(frame.f_locals["output_dir"]), str(frame.f_locals["filename"]))
+        tb = tb.tb_next
+    return found
+
+
 def describe(exc: BaseException) -> str:
     """A one-line description of an error caused by input, with a hint where one helps."""
     if isinstance(exc, MamlError):
@@ -48,7 +61,7 @@ def describe(exc: BaseException) -> str:
         return f"invalid config value for {where}{msg}"
     if isinstance(exc, OSError) and (exc.filename or exc.errno):  # not Hydra's MissingConfigException
         reason = exc.strerror or type(exc).__name__
-        where = f" {exc.filename}" if exc.filename else " the run's files"
+        where = " " + str(exc.filename or _hydra_file(exc) or "the run's files")
         return (
             f"cannot write or read{where}: {reason}; free some space or choose a writable location "
             "(e.g. hydra.run.dir=DIR)"
