@@ -120,10 +120,9 @@ def default_threads(model: nn.Module) -> int | None:
     """The thread count when none is given: one for models without convolutions (a small MLP's
     operations are too small to share: one thread is as fast alone and does not slow down next to
     other processes), ``None`` for convolutional models: a :class:`ThreadGovernor` decides."""
-    from torch import nn
+    from maml_cli.models.layers import has_convolutions
 
-    has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
-    return None if has_conv else 1
+    return None if has_convolutions(model) else 1
 
 
 def configure_threads(num_threads: int | None, model: nn.Module, settle: float = 0.25) -> ThreadGovernor | None:

@@ -16,6 +16,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from maml_cli.models.layers import has_convolutions
+
 TaskBatching = Literal["vmap", "loop"]
 CHOICES = ("auto", "vmap", "loop")
 
@@ -28,5 +30,4 @@ def resolve_task_batching(choice: str, model: nn.Module, device: torch.device) -
         return choice  # type: ignore[return-value]
     if device.type != "cpu":
         return "vmap"
-    has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
-    return "loop" if has_conv else "vmap"
+    return "loop" if has_convolutions(model) else "vmap"

@@ -28,6 +28,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from maml_cli.cli import run_start
+from maml_cli.config.compat import fill_new_keys
 from maml_cli.engine.checkpoint import load_checkpoint, write_json
 from maml_cli.errors import ConfigError
 
@@ -123,18 +124,6 @@ def _set(tree: dict[str, Any], key: str, value: Any) -> None:
         tree[leaf] = copy.deepcopy(value)
 
 
-def _fill_new_keys(saved: dict[str, Any], composed: dict[str, Any]) -> None:
-    """Give ``saved`` the keys a newer schema added (their defaults), but never mix two classes'
-    arguments: a node whose ``_target_`` differs keeps the checkpoint's keys alone."""
-    if saved.get("_target_", composed.get("_target_")) != composed.get("_target_"):
-        return
-    for key, value in composed.items():
-        if key not in saved:
-            saved[key] = copy.deepcopy(value)
-        elif isinstance(saved[key], dict) and isinstance(value, dict):
-            _fill_new_keys(saved[key], value)
-
-
 def _show(value: Any) -> str:
     return value if value is _MISSING else repr(value)
 
@@ -172,7 +161,7 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
         if parent and _get(saved, f"{parent}._target_") != _get(composed, f"{parent}._target_"):
             target, new = parent, _get(composed, parent)
         _set(saved, target, new)
-    _fill_new_keys(saved, composed)
+    fill_new_keys(saved, composed)
     saved["trainer"]["resume"] = cfg.trainer.resume
     if drift:
         log.warning("resumed at step %d with changed config: %s", int(state["step"]), listing)

@@ -9,11 +9,24 @@ and every key of the current version can be overridden.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from omegaconf import OmegaConf
 
 from maml_cli.config.schema import INNER_LOOP_SCHEMAS, TrainerConfig
+
+
+def fill_new_keys(saved: dict[str, Any], newer: dict[str, Any]) -> None:
+    """Give ``saved`` (in place) the keys ``newer`` has and it lacks, recursively, but never mix two
+    classes' arguments: a node whose ``_target_`` differs keeps its own keys alone."""
+    if saved.get("_target_", newer.get("_target_")) != newer.get("_target_"):
+        return
+    for key, value in newer.items():
+        if key not in saved:
+            saved[key] = copy.deepcopy(value)
+        elif isinstance(saved[key], dict) and isinstance(value, dict):
+            fill_new_keys(saved[key], value)
 
 
 def _defaults(schema: type) -> dict[str, Any]:
@@ -29,11 +42,11 @@ def _inner_loop_schema(target: Any) -> type | None:
 
 def upgrade_run_config(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` with the keys the current schemas add filled in by their defaults."""
-    upgraded = dict(config)
-    if isinstance(config.get("trainer"), dict):
-        upgraded["trainer"] = {**_defaults(TrainerConfig), **config["trainer"]}
-    inner = config.get("inner_loop")
+    upgraded = copy.deepcopy(config)
+    if isinstance(upgraded.get("trainer"), dict):
+        fill_new_keys(upgraded["trainer"], _defaults(TrainerConfig))
+    inner = upgraded.get("inner_loop")
     schema = _inner_loop_schema(inner.get("_target_")) if isinstance(inner, dict) else None
     if schema is not None:
-        upgraded["inner_loop"] = {**_defaults(schema), **inner}
+        fill_new_keys(inner, _defaults(schema))
     return upgraded

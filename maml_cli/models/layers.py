@@ -44,3 +44,9 @@ class TaskBatchNorm2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
+
+
+def has_convolutions(model: nn.Module) -> bool:
+    """Whether ``model`` holds a convolution: such models take other defaults for task batching
+    (a per-task loop on CPU) and threads (as many as the idle cores) than small MLPs."""
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
