@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 @dataclass
@@ -111,6 +111,35 @@ class ImageFolderConfig(ImageDatasetConfig):
     split_seed: int = 0  # the seeded permutation of classes that split_ratios cuts
 
 
+@dataclass
+class TableConfig(DatasetConfig):
+    """Few-shot tasks from a CSV or Parquet table, one per value of a column (see :mod:`maml_cli.data.table`)."""
+
+    _target_: str = "maml_cli.data.table.TableTasks"
+    path: str | None = None  # the CSV or Parquet file (required)
+    task_column: str | None = None  # one task per value: a customer, a sensor, an assay ... (required)
+    target_column: str | None = None  # what to predict (required)
+    feature_columns: list[str] | None = None  # None = every other column (with smiles_column: none)
+    categorical_columns: list[str] = field(default_factory=list)  # numeric codes to one-hot (text always is)
+    problem: str = "regression"  # regression (MSE) or classification (classes within a task)
+    metric: str | None = None  # regression: mse; classification: accuracy, roc_auc or delta_auprc (None = first)
+    ways: int = 2  # classification: classes per episode, drawn from the task's classes
+    shots: int = 5
+    query: int = 10
+    eval_shots: int | None = None  # support at validation/test (None = shots)
+    eval_query: int | None = None  # query at validation/test (None = query)
+    train_tasks: list[str] | None = None  # task names; all three lists, or none
+    val_tasks: list[str] | None = None
+    test_tasks: list[str] | None = None
+    split_ratios: list[float] = field(default_factory=lambda: [0.64, 0.16, 0.20])  # when no lists are given
+    split_seed: int = 0  # the seeded permutation of task names that split_ratios cuts
+    max_categories: int = 50  # a text column with more values in the meta-training tasks is refused
+    smiles_column: str | None = None  # molecules: Morgan fingerprints as features (needs maml-cli[chem])
+    fingerprint_radius: int = 2
+    fingerprint_bits: int = 2048
+    max_invalid_smiles: float = 0.1  # unreadable SMILES are skipped up to this fraction, an error beyond
+
+
 DATASET_SCHEMAS: dict[str, type] = {
     "sinusoid_schema": SinusoidConfig,
     "omniglot_schema": OmniglotConfig,
@@ -120,4 +149,18 @@ DATASET_SCHEMAS: dict[str, type] = {
     "fc100_schema": FC100Config,
     "cub_schema": CUBConfig,
     "image_folder_schema": ImageFolderConfig,
+    "table_schema": TableConfig,
 }
+
+
+def _table_features(dataset) -> int:
+    from maml_cli.data.table_files import feature_width  # pandas and torch only when a table is used
+
+    return feature_width(dataset)
+
+
+# ``model.in_features: ${maml_cli.table_features:${dataset}}`` in the table presets: the width of the
+# table's encoded features, known once the file is read. Registered here, with the schemas, because
+# every entry point loads them before a config is resolved.
+if not OmegaConf.has_resolver("maml_cli.table_features"):
+    OmegaConf.register_new_resolver("maml_cli.table_features", _table_features)
