@@ -9,22 +9,22 @@ from __future__ import annotations
 
 from torch import nn
 
-from maml_cli.algorithms.maml import MAML, Params, last_parametrised_module
+from maml_cli.algorithms.maml import MAML, last_parametrised_module
 
 
 class ANIL(MAML):
     """MAML whose inner loop adapts only the submodule ``head`` (default: the last one with
-    parameters, e.g. ``head`` of :class:`~maml_cli.models.Conv4`)."""
+    parameters, e.g. ``head`` of :class:`~maml_cli.models.Conv4`).
+
+    It is MAML with ``adapt=[head]``; an explicit ``adapt`` list takes precedence over ``head``.
+    """
 
     def __init__(self, model: nn.Module, loss, head: str | None = None, **kwargs) -> None:
-        super().__init__(model, loss, **kwargs)
-        self.head = head or last_parametrised_module(model)
-        prefix = self.head + "."
-        self._head_names = [name for name, _ in model.named_parameters() if name.startswith(prefix)]
-        if not self._head_names:
+        head = head or last_parametrised_module(model)
+        if not any(name.startswith(head + ".") for name, _ in model.named_parameters()):
             known = sorted({name.rsplit(".", 1)[0] for name, _ in model.named_parameters()})
-            raise ValueError(f"inner_loop.head={self.head!r} has no parameters; submodules with some: {known}")
-
-    def initial_params(self) -> Params:
-        params = super().initial_params()  # zero_head's fresh zeros, when on
-        return {name: params[name] for name in self._head_names}
+            raise ValueError(f"inner_loop.head={head!r} has no parameters; submodules with some: {known}")
+        if kwargs.get("adapt") is None:
+            kwargs["adapt"] = [head]
+        super().__init__(model, loss, **kwargs)
+        self.head = head

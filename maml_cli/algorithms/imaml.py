@@ -220,7 +220,7 @@ class IMAML(MAML):
 
     # -- what the engine calls -----------------------------------------------------------------
 
-    def meta_backward(self, batch: TaskBatch, step: int = 0) -> MetaStepOutput:
+    def meta_gradient(self, batch: TaskBatch, step: int = 0) -> MetaStepOutput:
         """Add the mean over tasks of the implicit meta-gradients to ``.grad`` of ``theta``.
 
         The gradient is written directly rather than back-propagated: ``phi`` is detached from

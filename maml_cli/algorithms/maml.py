@@ -19,7 +19,7 @@ with respect to the expanded parameters yields every task's own inner gradient a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +28,8 @@ from torch.func import functional_call, vmap
 
 from maml_cli.algorithms.task_batching import resolve_task_batching
 from maml_cli.data.tasks import TaskBatch
+from maml_cli.models.batch_norm import prepare_batch_norms, update_running_stats
+from maml_cli.models.selection import as_patterns, select_names
 
 Params = dict[str, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -94,6 +96,18 @@ class MAML(nn.Module):
             zero head makes that step build each class's weights from its own support features.
         grad_clip: bound each task's inner gradient to this global norm at every inner step, in
             training and at evaluation (None: off, as the papers' protocols are).
+        adapt: which parameters the inner loop adapts, as name patterns (see
+            :mod:`~maml_cli.models.selection`); None: all trainable ones. The others are still
+            meta-learned by the outer loop (ANIL is ``adapt=["head.*"]``); frozen parameters
+            (``requires_grad=False``, ``model.freeze``) are neither.
+        batch_norm: how the model's standard batch-norm layers normalise: ``batch`` (the batch's
+            own statistics, always; the MAML paper's convention) or ``running`` (running
+            statistics at evaluation, updated by the outer loop only); see
+            :mod:`~maml_cli.models.batch_norm`.
+
+    Modes: :meth:`meta_backward` puts the model in training mode (dropout on) and
+    :meth:`evaluate` and :meth:`adapt` in evaluation mode (dropout off). Under ``vmap`` every
+    task draws its own dropout masks.
     """
 
     def __init__(
@@ -108,6 +122,8 @@ class MAML(nn.Module):
         task_chunk: int = 0,
         zero_head: bool = False,
         grad_clip: float | None = None,
+        adapt: Sequence[str] | str | None = None,
+        batch_norm: str = "batch",
     ) -> None:
         super().__init__()
         if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and grad_clip > 0):
@@ -130,6 +146,12 @@ class MAML(nn.Module):
                     param.detach().zero_()
                     param.requires_grad_(False)  # not meta-learned: every task starts from zero
                     self._zeroed.add(name)
+        self._norm_layers = prepare_batch_norms(model, batch_norm)
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad or n in self._zeroed]
+        patterns = as_patterns(adapt)
+        self._adapted = select_names(trainable, patterns, "inner_loop.adapt") if patterns else trainable
+        if not self._adapted:
+            raise ValueError("inner_loop.adapt leaves no parameter to adapt")
 
     # -- the update rule; variants of MAML override these ------------------------------------------
 
@@ -142,11 +164,13 @@ class MAML(nn.Module):
     def initial_params(self) -> Params:
         """The part of the initialisation ``theta`` the inner loop adapts (MAML: all of it).
 
-        These are the live parameters. Parameters left out (ANIL's body) are still used by the
-        forward pass, through the module itself, and still meta-learned by the outer loop.
+        These are the live parameters. Parameters left out (ANIL's body, ``adapt``'s others) are
+        still used by the forward pass, through the module itself, and still meta-learned by the
+        outer loop unless frozen.
         """
-        params = dict(self.model.named_parameters())
-        for name in self._zeroed:  # a fresh leaf, so the inner loop can differentiate through it
+        live = dict(self.model.named_parameters())
+        params = {name: live[name] for name in self._adapted}
+        for name in self._zeroed & set(params):  # a fresh leaf, so the inner loop can differentiate through it
             params[name] = torch.zeros_like(params[name]).requires_grad_(True)
         return params
 
@@ -158,11 +182,12 @@ class MAML(nn.Module):
 
     def batched_forward(self, params: Params, x: Tensor) -> Tensor:
         """Outputs for every task: ``params`` and ``x`` carry a leading task dimension."""
-        return vmap(self.forward_with)(params, x)
+        return vmap(self.forward_with, randomness="different")(params, x)
 
     def _task_losses(self, params: Params, x: Tensor, y: Tensor, batched: bool) -> Tensor:
         if batched:
-            return vmap(lambda p, xi, yi: self.loss(self.forward_with(p, xi), yi))(params, x, y)
+            losses = vmap(lambda p, xi, yi: self.loss(self.forward_with(p, xi), yi), randomness="different")
+            return losses(params, x, y)
         return self.loss(self.forward_with(params, x), y)
 
     # -- adaptation ----------------------------------------------------------------------------
@@ -204,6 +229,7 @@ class MAML(nn.Module):
 
         This is the deployment path: no meta-gradient is kept, so memory stays flat in ``steps``.
         """
+        self.eval()
         steps = self.eval_steps if steps is None else steps
         fast = self._detached_task_params(support_x.shape[0])
         for step in range(steps):
@@ -232,7 +258,18 @@ class MAML(nn.Module):
         """Accumulate the meta-gradient of the mean query loss into ``.grad`` of the parameters.
 
         ``step`` is the number of meta-steps taken so far; MAML ignores it, variants that anneal
-        their training (MAML++'s derivative order and multi-step loss weights) read it.
+        their training (MAML++'s derivative order and multi-step loss weights) read it. The
+        algorithm's own work is :meth:`meta_gradient`; around it the model is put in training mode
+        and, with ``batch_norm=running``, the outer loop updates the running statistics.
+        """
+        self.train()
+        out = self.meta_gradient(batch, step)
+        inputs = (torch.cat([batch.support_x[t], batch.query_x[t]]) for t in range(batch.num_tasks))
+        update_running_stats(self._norm_layers, lambda x: self.forward_with({}, x), inputs)
+        return out
+
+    def meta_gradient(self, batch: TaskBatch, step: int = 0) -> MetaStepOutput:
+        """MAML's meta-gradient (see :meth:`meta_backward`), into ``.grad``.
 
         With ``loop`` each task's graph is freed by its own backward pass before the next task
         starts, so memory holds one task's graph at a time; ``vmap`` does the same per chunk.
@@ -272,6 +309,7 @@ class MAML(nn.Module):
         built. Tasks are adapted in chunks of ``task_chunk`` (all at once when 0), or one by one
         with the ``loop`` strategy.
         """
+        self.eval()
         steps = self.eval_steps if steps is None else steps
         num_tasks = batch.num_tasks
         chunk = self.task_chunk if self.task_chunk > 0 else num_tasks

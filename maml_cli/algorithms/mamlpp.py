@@ -37,6 +37,7 @@ Decisions the paper leaves open, taken here:
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +45,7 @@ from torch.func import vmap
 
 from maml_cli.algorithms.maml import MAML, LossFn, MetaStepOutput, Params, clip_task_gradients
 from maml_cli.data.tasks import TaskBatch
+from maml_cli.models.batch_norm import MetaBatchNormMixin
 from maml_cli.models.per_step_norm import PerStepState, swap_batch_norms
 
 #: The official code's floor for the weight of a non-final step: 0.03 / N.
@@ -116,6 +118,8 @@ class MAMLPlusPlus(MAML):
         bn_eval_stats: str = "batch",
         first_order_steps: int = 0,
         grad_clip: float | None = None,
+        adapt: Sequence[str] | str | None = None,
+        batch_norm: str = "batch",
     ) -> None:
         super().__init__(
             model,
@@ -128,6 +132,8 @@ class MAMLPlusPlus(MAML):
             task_chunk=task_chunk,
             zero_head=zero_head,
             grad_clip=grad_clip,
+            adapt=adapt,
+            batch_norm=batch_norm,
         )
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"inner_loop.steps must be an integer >= 1, got {steps!r}")
@@ -150,9 +156,17 @@ class MAMLPlusPlus(MAML):
         self.norms = []
         if bnwb or bnrs:
             self.norms = swap_batch_norms(model, steps + 1, bnwb, bnrs, bn_momentum, self.bn_state)
+            # The standard layers the base class prepared may be gone: keep those that are left.
+            self._norm_layers = [m for m in model.modules() if isinstance(m, MetaBatchNormMixin)]
+            if batch_norm == "running" and not self._norm_layers:
+                raise ValueError(
+                    "model.batch_norm=running does not apply: MAML++ gave the model per-step batch norms "
+                    "(inner_loop.bnwb/bnrs); choose their statistics at evaluation with inner_loop.bn_eval_stats"
+                )
         per_step = [layer.stats_key for layer in self.norms if layer.per_step_weights]
         meta_only = {f"{name}.{p}" for name in per_step for p in ("weight", "bias")}
-        self._adapted = [name for name, _ in model.named_parameters() if name not in meta_only]
+        chosen = set(self._adapted)  # inner_loop.adapt's choice, made before the swap (same names)
+        self._adapted = [name for name, _ in model.named_parameters() if name not in meta_only and name in chosen]
         if not self._adapted:
             raise ValueError("the model has no parameters for the inner loop to adapt")
         if lslr:  # one rate per adapted tensor and inner step, all starting at lr
@@ -175,10 +189,6 @@ class MAMLPlusPlus(MAML):
 
     # -- the update rule (LSLR) and what the inner loop adapts (BNWB) ---------------------------
 
-    def initial_params(self) -> Params:
-        params = super().initial_params()
-        return {name: params[name] for name in self._adapted}
-
     def inner_update(self, params: Params, grads: Params, step: int) -> Params:
         if not self.lslr:
             return super().inner_update(params, grads, step)
@@ -199,7 +209,7 @@ class MAMLPlusPlus(MAML):
 
     # -- meta-training --------------------------------------------------------------------------
 
-    def meta_backward(self, batch: TaskBatch, step: int = 0) -> MetaStepOutput:
+    def meta_gradient(self, batch: TaskBatch, step: int = 0) -> MetaStepOutput:
         """Accumulate the meta-gradient of the mean (MSL-weighted) query loss; ``step`` is the
         meta-step count that drives MSL and DA. ``loss_after`` is the last step's query loss."""
         weights = self.loss_weights(step)
@@ -280,7 +290,7 @@ class MAMLPlusPlus(MAML):
                 self.bn_state.sink = None
 
         if batched:
-            losses, seen = vmap(loss_and_stats)(params, x, y)
+            losses, seen = vmap(loss_and_stats, randomness="different")(params, x, y)
         else:
             losses, seen = loss_and_stats(params, x, y)
             seen = {name: value.unsqueeze(0) for name, value in seen.items()}

@@ -308,7 +308,7 @@ class Reptile(MAML):
 
     # -- what the engine calls -----------------------------------------------------------------
 
-    def meta_backward(self, batch: TaskBatch, step: int = 0) -> MetaStepOutput:
+    def meta_gradient(self, batch: TaskBatch, step: int = 0) -> MetaStepOutput:
         """Add ``theta - mean_i phi_i`` to ``.grad`` of the adapted parameters.
 
         A meta-optimizer step of plain SGD with learning rate ``epsilon`` then performs the
@@ -352,6 +352,7 @@ class Reptile(MAML):
         before adaptation. Tasks go in chunks of ``task_chunk`` under ``vmap``, one by one with
         ``loop``; both give the same rows.
         """
+        self.eval()
         steps = self.eval_steps if steps is None else steps
         num_tasks = batch.num_tasks
         theta = self.initial_params()
@@ -379,6 +380,7 @@ class Reptile(MAML):
     def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Params:
         """Adapt to each task of a batch (``[T, S, ...]``) as :meth:`evaluate` does; returns the
         adapted parameters with a leading task dimension, detached."""
+        self.eval()
         steps = self.eval_steps if steps is None else steps
         theta = self.initial_params()
         num_tasks = support_x.shape[0]

@@ -51,6 +51,7 @@ class InnerLoopConfig:
     task_chunk: int = 0  # with vmap: tasks adapted at once (0 = whole meta-batch)
     zero_head: bool = False  # every task starts from a zero head (Kao et al. 2022's zeroing trick)
     grad_clip: float | None = None  # bound each task's inner gradient norm at every inner step (None = off)
+    adapt: list[str] | None = None  # parameter-name patterns the inner loop adapts (None = all trainable ones)
 
 
 @dataclass
@@ -167,6 +168,7 @@ class TrainerConfig:
     log_every: int = 50  # steps between TensorBoard/progress-bar updates
     device: str = "auto"  # cpu, cuda, cuda:N, or auto (cuda when available)
     resume: str | None = None  # a checkpoint path, or auto for this run dir's last.pt
+    init_from: str | None = None  # start from another run's checkpoint: its model only, fresh optimizer and step
     grad_clip: float | None = None  # clip the meta-gradient's global norm
     progress: bool | None = None  # tqdm bar; None = only when stderr is a terminal
     figures: bool = True  # task-specific figures (sinusoid: adapted curves) at validation

@@ -12,9 +12,15 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from maml_cli.errors import ConfigError, MamlError
+from maml_cli.models.selection import freeze_parameters
+
+#: Keys of the ``model`` group that the toolkit reads itself; every other key is an argument of
+#: the model's constructor. A user's model class never sees them.
+MODEL_OPTIONS = ("batch_norm", "freeze", "weights_path")
 
 
 @dataclass
@@ -41,16 +47,35 @@ def _instantiate(node: DictConfig, group: str, **kwargs):
         raise ConfigError(f"cannot build {group} from {group}._target_={target}: {exc}") from None
 
 
-def build_run(cfg: DictConfig, device: torch.device) -> Run:
-    """Build what ``cfg`` describes, on ``device``. The global RNG must already be seeded."""
+def build_run(cfg: DictConfig, device: torch.device, initial_weights: bool = False) -> Run:
+    """Build what ``cfg`` describes, on ``device``. The global RNG must already be seeded.
+
+    With ``initial_weights`` the model starts from ``model.weights_path`` and ``trainer.init_from``
+    when they are set: ``maml-train`` asks for it, while ``maml-eval`` and resumed runs load a
+    checkpoint over the model anyway (and the files may not be there any more).
+    """
     tasks = _instantiate(cfg.dataset, "dataset", seed=int(cfg.seed), device=device)
-    model = _instantiate(cfg.model, "model")
+    options = {key: cfg.model.get(key) for key in MODEL_OPTIONS}
+    try:
+        resolved = OmegaConf.to_container(cfg.model, resolve=True)
+    except OmegaConfBaseException as exc:
+        target = cfg.model.get("_target_", "?")
+        raise ConfigError(f"cannot build model from model._target_={target}: {str(exc).splitlines()[0]}") from None
+    constructor = OmegaConf.create({k: v for k, v in resolved.items() if k not in MODEL_OPTIONS})
+    model = _instantiate(constructor, "model")
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model._target_={cfg.model._target_} built a {type(model).__name__}, not a torch.nn.Module")
+    if initial_weights and (options["weights_path"] or cfg.trainer.get("init_from")):
+        from maml_cli.engine.init_weights import load_initial_weights
+
+        load_initial_weights(model, weights_path=options["weights_path"], init_from=cfg.trainer.get("init_from"))
+    freeze_parameters(model, list(options["freeze"] or []))
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(f"model._target_={cfg.model._target_} has no trainable parameters to meta-learn")
     model.to(device)
     inner = OmegaConf.to_container(cfg.inner_loop, resolve=True, enum_to_str=True)
-    algorithm = _instantiate(OmegaConf.create(inner), "inner_loop", model=model, loss=tasks.loss)
+    algorithm = _instantiate(
+        OmegaConf.create(inner), "inner_loop", model=model, loss=tasks.loss, batch_norm=options["batch_norm"] or "batch"
+    )
     algorithm.to(device)
     return Run(tasks=tasks, algorithm=algorithm)

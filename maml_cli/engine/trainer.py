@@ -54,7 +54,8 @@ class Trainer:
             log.info("removed %s, left by an interrupted write", leftover)
         self.device = resolve_device(cfg.trainer.device)
         seed_everything(int(cfg.seed))
-        run = build_run(cfg, self.device)
+        # A resumed run's checkpoint replaces the weights; a fresh one starts from the user's, if any.
+        run = build_run(cfg, self.device, initial_weights=cfg.trainer.resume in (None, "auto"))
         self.tasks, self.algorithm = run.tasks, run.algorithm
         # None, or a governor that fits the thread count to the cores other processes leave idle.
         self.thread_governor = configure_threads(cfg.trainer.get("num_threads"), self.algorithm.model)
