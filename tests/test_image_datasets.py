@@ -3,6 +3,7 @@ finding the data, building and reusing the cache, splits, episodes, pixel values
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import sys
@@ -14,6 +15,7 @@ import pytest
 import torch
 import yaml
 from hydra.utils import instantiate
+from PIL import Image
 
 from maml_cli.config import config_dir
 from maml_cli.config.datasets import DATASET_SCHEMAS
@@ -359,6 +361,50 @@ def test_image_folder_errors(tmp_path):
     broken.write_bytes(b"\x89PNG not really")
     with pytest.raises(MamlError, match=r"cannot decode image .*broken\.png"):
         image_folder_tasks(path=path, cache_dir=str(tmp_path / "c"), **SMALL)
+
+
+# -- decoding and resizing: the tensor paths against PIL, image by image ---------------------------
+
+
+def _pil_resized(array: np.ndarray, size: int, mode: str) -> np.ndarray:
+    image = Image.fromarray(array).convert(mode).resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(image).reshape(size, size, -1).transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize("size, channels", [(84, 3), (20, 3), (20, 1), (48, 1)])
+def test_arrays_are_resized_as_pil_resizes_them(size, channels):
+    """hwc_to_chw (tensor ops over many images) is PIL's bilinear resize and grey within 2 levels,
+    enlarging (as CIFAR to 84) and shrinking (antialiased), with chunks smaller than the batch."""
+    array = np.random.default_rng(size).integers(0, 256, (5, 32, 40, 3), dtype=np.uint8)
+    array[:, :16] = array[:, :16] // 64 * 64  # flat areas and hard edges, not only noise
+    got = image_files.hwc_to_chw(array, size, channels, chunk=2).numpy().astype(int)
+    want = np.stack([_pil_resized(a, size, "L" if channels == 1 else "RGB") for a in array]).astype(int)
+    assert got.shape == want.shape == (5, channels, size, size)
+    assert np.abs(got - want).max() <= 2 and np.abs(got - want).mean() < 0.25
+    grey = image_files.to_channels(torch.from_numpy(array).permute(0, 3, 1, 2), 1)[:, 0].numpy()
+    assert np.array_equal(grey, np.stack([np.asarray(Image.fromarray(a).convert("L")) for a in array]))  # exactly
+
+
+def test_omniglot_drawings_decode_as_pil_decodes_them():
+    """torchvision.io gives the 1-bit Omniglot PNGs PIL's pixels exactly; resized to 28, within 1."""
+    from torchvision.io import ImageReadMode, decode_png
+
+    from maml_cli.data import omniglot
+
+    root = os.environ.get("MAML_DATA_ROOT")
+    folder = omniglot.locate(Path(root)) if root else None
+    if folder is None:
+        pytest.skip("the real Omniglot is not under MAML_DATA_ROOT")
+    drawings = [data for _, (_, data) in zip(range(60), omniglot._pngs(folder, "images_evaluation"))]
+    decoded = torch.stack(
+        [decode_png(torch.frombuffer(bytearray(d), dtype=torch.uint8), ImageReadMode.GRAY) for d in drawings]
+    )
+    for data, pixels in zip(drawings, decoded):
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.mode == "1" and np.array_equal(pixels[0].numpy(), np.asarray(image.convert("L")))
+    want = np.stack([_pil_resized(pixels[0].numpy(), 28, "L") for pixels in decoded]).astype(int)
+    got = image_files.resize(decoded, 28).numpy().astype(int)
+    assert np.abs(got - want).max() <= 1 and (got != want).mean() < 0.001
 
 
 # -- configs -------------------------------------------------------------------------------------

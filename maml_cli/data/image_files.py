@@ -3,7 +3,10 @@ loading the numpy pickles datasets are distributed as without running code from 
 split lists, and standardisation statistics.
 
 Every image is treated alike: converted to grayscale (``channels=1``) or RGB (``channels=3``),
-resized with bilinear filtering to ``image_size`` x ``image_size``, stored as uint8 CHW.
+resized with bilinear filtering to ``image_size`` x ``image_size``, stored as uint8 CHW. Files are
+decoded by PIL, which decodes a JPEG at a fraction of its size when that is still at least
+``image_size`` (measured faster than torchvision.io here: ``scripts/bench_cache_build.py``); arrays
+are resized by tensor operations, many images at once.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from maml_cli.data.images import FewShotImageTasks, ImageCache, SplitClasses, default_cache_dir, default_data_root
 from maml_cli.errors import ConfigError, MamlError
@@ -81,6 +85,25 @@ def standardisation(stats, channels: int) -> tuple[tuple[float, ...], tuple[floa
 # -- decoding ------------------------------------------------------------------------------------
 
 
+def resize(images: Tensor, image_size: int) -> Tensor:
+    """uint8 ``[N, C, H, W]`` resized to ``image_size`` x ``image_size`` in one tensor operation:
+    bilinear, antialiased when shrinking, as PIL's ``BILINEAR`` resize (within one or two levels)."""
+    if images.shape[-2:] == (image_size, image_size):
+        return images
+    return F.interpolate(images, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def to_channels(images: Tensor, channels: int) -> Tensor:
+    """uint8 ``[N, 1 or 3, H, W]`` with ``channels`` channels: grey as PIL's ``convert("L")`` computes
+    it (ITU-R 601-2 luma in 16-bit fixed point), colour from grey as the grey three times."""
+    if images.shape[1] == channels:
+        return images
+    if channels == 3:
+        return images.expand(-1, 3, -1, -1)
+    red, green, blue = (channel.int() for channel in images.unbind(1))
+    return ((19595 * red + 38470 * green + 7471 * blue + 0x8000) >> 16).to(torch.uint8)[:, None]
+
+
 def _to_chw(image, image_size: int, channels: int) -> Tensor:
     from PIL import Image
 
@@ -134,17 +157,21 @@ def decode_classes(classes: Mapping[str, Sequence[Path]], image_size: int, chann
     return decode_files(files, labels, list(classes), image_size, channels)
 
 
-def hwc_to_chw(array: np.ndarray, image_size: int, channels: int) -> Tensor:
-    """uint8 images ``[N, H, W, C]`` (C = 1 or 3) as uint8 ``[N, channels, image_size, image_size]``."""
+def hwc_to_chw(array: np.ndarray, image_size: int, channels: int, chunk: int = 1024) -> Tensor:
+    """uint8 images ``[N, H, W, C]`` (C = 1 or 3) as uint8 ``[N, channels, image_size, image_size]``,
+    ``chunk`` images per tensor operation (4x faster than PIL image by image: scripts/bench_cache_build.py).
+    Grey is taken at the smaller size, before enlarging or after shrinking."""
     count, height, width, source_channels = array.shape
     if (height, width, source_channels) == (image_size, image_size, channels):
         return torch.from_numpy(np.array(array.transpose(0, 3, 1, 2), order="C", copy=True))
-    from PIL import Image
-
     out = torch.empty((count, channels, image_size, image_size), dtype=torch.uint8)
-    for i in range(count):
-        image = array[i, :, :, 0] if source_channels == 1 else array[i]
-        out[i] = _to_chw(Image.fromarray(np.ascontiguousarray(image)), image_size, channels)
+    grey_first = image_size * image_size >= height * width
+    for start in range(0, count, chunk):
+        part = torch.from_numpy(np.ascontiguousarray(array[start : start + chunk])).permute(0, 3, 1, 2)
+        if grey_first:
+            out[start : start + chunk] = resize(to_channels(part, channels), image_size)
+        else:
+            out[start : start + chunk] = to_channels(resize(part, image_size), channels)
     return out
 
 

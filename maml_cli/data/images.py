@@ -27,7 +27,7 @@ from maml_cli.storage import remove_interrupted_writes, save_verified, split_int
 log = logging.getLogger("maml_cli")
 
 _SPLIT_SEEDS = {"val": 1_000_003, "test": 2_000_003}
-CACHE_FORMAT = 2  # 2: with an integrity digest
+CACHE_FORMAT = 3  # 2: with an integrity digest; 3: Omniglot and arrays resized by torch (within 2 levels of 2)
 
 
 def default_data_root() -> Path:
@@ -49,7 +49,8 @@ class ImageCache:
 
     Saved with an integrity digest (:mod:`maml_cli.storage`) that is checked on every load: a
     cache damaged on disk (``torch.load`` does not check its zip CRCs) is rebuilt with a warning
-    naming it, never trained on. Caches of format 1, written before digests, are rebuilt once.
+    naming it, never trained on. Caches of an older format (1: before digests; 2: before Omniglot and
+    the pickled datasets were resized by tensor operations) are rebuilt once.
     """
 
     images: Tensor
