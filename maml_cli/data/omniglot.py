@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,7 +87,12 @@ def decode(folder: Path, image_size: int, chunk: int = 2048) -> ImageCache:
     for part in PARTS:
         for character, data in _pngs(folder, part):
             try:
-                pixels = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.GRAY)
+                with warnings.catch_warnings():
+                    # torchvision 0.29 deprecates its codecs for TorchCodec's, one warning per call:
+                    # 32,460 lines that tell a user nothing. The decoder is still there, measured
+                    # faster, pixel for pixel PIL's; when it goes, PIL image by image comes back.
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    pixels = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.GRAY)
             except RuntimeError as exc:
                 raise MamlError(
                     f"Omniglot at {folder}: a drawing of {part}/{character} cannot be decoded "
