@@ -81,6 +81,8 @@ def test_weights_path_refuses_other_mismatches_and_non_state_dicts(resnet18_file
     assert "layer1.0.conv1.weight is [32, 64, 3, 3] in the file but [64, 64, 3, 3] in the model" in str(error.value)
 
     model = torchvision_model("resnet18", 1, 5)
+    with pytest.raises(ConfigError, match="model.weights_path and trainer.init_from are both set"):
+        load_initial_weights(model, weights_path=str(path), init_from=str(path))
     for content in ([1, 2], {"epoch": 3}):
         torch.save(content, tmp_path / "other.pt")
         with pytest.raises(ConfigError, match="is not a state dict") as error:
@@ -123,6 +125,7 @@ def test_cli_meta_trains_a_pretrained_resnet18_with_a_frozen_body(resnet18_file,
         "model.name=resnet18",
         f"model.weights_path={path}",
         "model.freeze=[conv1.*,bn1.*,layer1.*,layer2.*,layer3.*]",
+        "inner_loop.adapt=[layer4.*,fc.*]",
         "dataset=image_folder",
         f"dataset.path={tmp_path / 'images'}",
         f"dataset.cache_dir={tmp_path / 'cache'}",
@@ -135,6 +138,7 @@ def test_cli_meta_trains_a_pretrained_resnet18_with_a_frozen_body(resnet18_file,
         "trainer.meta_batch_size=2",
         "trainer.val_every=2",
         "trainer.val_tasks=2",
+        "inner_loop.eval_steps=1",
         "trainer.progress=false",
         "hydra.run.dir=run",
         cwd=tmp_path,

@@ -73,8 +73,8 @@ def _read_state_dict(path: Path, source: str) -> dict[str, Tensor]:
             warnings.simplefilter("ignore")
             data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        if "Weights only load failed" in str(exc):
-            why = "it holds Python objects beyond tensors and plain data (never unpickled), or is damaged"
+        if "Unsupported global" in str(exc):
+            why = "it holds Python objects beyond tensors and plain data (never unpickled)"
         else:
             why = "it is not a readable PyTorch file"
         raise ConfigError(f"cannot load {source}: {why}; save one with torch.save(model.state_dict(), FILE)") from None
