@@ -148,6 +148,7 @@ def main() -> None:
         print(json.dumps(measure(args.setting, args.tasks, args.meta_steps, args.lr, args.threads)))
         return
 
+    commit = git_commit()  # before the settings run: the tree may change meanwhile
     rows = []
     common = ["--tasks", str(args.tasks), "--meta-steps", str(args.meta_steps), "--lr", str(args.lr)]
     common += ["--threads", str(args.threads)] if args.threads else []
@@ -169,7 +170,7 @@ def main() -> None:
         f"with {QUERY} queries per class, {args.tasks} task(s) per meta-batch, second-order MAML, 1 inner step"
     )
     print(
-        f"torch {first['torch']}, {first['threads']} CPU threads, {os.cpu_count()} cores, commit {git_commit()}; "
+        f"torch {first['torch']}, {first['threads']} CPU threads, {os.cpu_count()} cores, commit {commit}; "
         f"task batching {first['strategy']}"
     )
     print("time: median meta-step after the first; memory: peak RSS during the steps minus the RSS before them")
