@@ -442,7 +442,7 @@ def test_regression_preset_trains_evaluates_and_resumes_from_parquet(tmp_path):
     assert "resumed from" in proc.stdout and load_checkpoint(tmp_path / "run/checkpoints/last.pt")["step"] == 6
 
 
-def test_molecules_preset_trains_evaluates_roc_auc_and_accuracy_and_resumes(tmp_path):
+def test_molecules_preset_selects_by_roc_auc_evaluates_accuracy_and_resumes(tmp_path):
     write(molecule_table(invalid=2), tmp_path / "assays.csv")
     train = (
         "experiment=molecules_fsmol",
