@@ -297,3 +297,29 @@ def test_a_users_batch_norm_model_trains_and_evaluates_through_the_cli(tmp_path,
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "eval/eval.json").read_text())
     assert result["steps"] == 2 and 0.0 <= result["mean"] <= 1.0 and result["diverged_tasks"] == 0
+
+
+def test_a_model_that_cannot_take_the_datasets_inputs_is_one_line_before_training():
+    from maml_cli.engine.build import build_run
+
+    from .helpers import compose_train
+
+    with pytest.raises(ConfigError) as info:
+        build_run(compose_train("model.in_features=3"), torch.device("cpu"))
+    assert str(info.value).startswith("model._target_=maml_cli.models.MLP cannot take the dataset's inputs (each of")
+    assert "shape [1]" in str(info.value) and "model.in_features" in str(info.value)
+
+
+def test_an_error_raised_by_a_resolver_is_reported_as_itself():
+    from omegaconf import OmegaConf
+
+    from maml_cli.cli.common import describe
+
+    def failing(_):
+        raise ConfigError("table t.csv not found; set dataset.path to a CSV or Parquet file")
+
+    OmegaConf.register_new_resolver("test_user_layers_fails", failing, replace=True)
+    cfg = OmegaConf.create({"model": {"in_features": "${test_user_layers_fails:x}"}})
+    with pytest.raises(Exception) as info:
+        cfg.model.in_features  # noqa: B018 - resolving is the point
+    assert describe(info.value) == "table t.csv not found; set dataset.path to a CSV or Parquet file"

@@ -48,6 +48,12 @@ def describe(exc: BaseException) -> str:
     """A one-line description of an error caused by input, with a hint where one helps."""
     if isinstance(exc, MamlError):
         return str(exc)
+    inner, seen = exc, set()
+    while inner is not None and id(inner) not in seen:  # a resolver's own error (e.g. a table's)
+        seen.add(id(inner))
+        if isinstance(inner, MamlError):
+            return str(inner)
+        inner = inner.__cause__ or inner.__context__
     cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else None
     omega = exc if isinstance(exc, OmegaConfBaseException) else cause
     head = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

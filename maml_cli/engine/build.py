@@ -47,6 +47,28 @@ def _instantiate(node: DictConfig, group: str, **kwargs):
         raise ConfigError(f"cannot build {group} from {group}._target_={target}: {exc}") from None
 
 
+def _check_inputs(model: nn.Module, input_shape, device: torch.device, target: str) -> None:
+    """One forward pass of two zero inputs of the dataset's shape, so that a model built for other
+    inputs (a one-input MLP on a table of 12 features) stops here with one line, not mid-training."""
+    if input_shape is None:
+        return
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    mode = model.training
+    model.eval()  # reads running statistics, writes none; dropout off
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, *input_shape, device=device, dtype=dtype))
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"model._target_={target} cannot take the dataset's inputs (each of shape {list(input_shape)}): "
+            f"{detail}; set the model's input size to match (e.g. model.in_features, model.in_channels, "
+            "model.image_size)"
+        ) from None
+    finally:
+        model.train(mode)
+
+
 def build_run(cfg: DictConfig, device: torch.device, initial_weights: bool = False) -> Run:
     """Build what ``cfg`` describes, on ``device``. The global RNG must already be seeded.
 
@@ -73,6 +95,7 @@ def build_run(cfg: DictConfig, device: torch.device, initial_weights: bool = Fal
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(f"model._target_={cfg.model._target_} has no trainable parameters to meta-learn")
     model.to(device)
+    _check_inputs(model, getattr(tasks, "input_shape", None), device, cfg.model.get("_target_"))
     inner = OmegaConf.to_container(cfg.inner_loop, resolve=True, enum_to_str=True)
     algorithm = _instantiate(
         OmegaConf.create(inner), "inner_loop", model=model, loss=tasks.loss, batch_norm=options["batch_norm"] or "batch"
