@@ -137,9 +137,14 @@ def _load(model: nn.Module, weights: dict[str, Tensor], source: str, error: type
     head, first_conv = _head_prefix(model), _first_conv_weight(model)
     shared = [key for key in own if key in weights]
     if not shared:
+        hint = (
+            "start from a run of the same model (its .hydra/config.yaml names it)"
+            if error is CheckpointError
+            else "pass a state dict of this model (a maml-train checkpoint goes to trainer.init_from)"
+        )
         raise error(
             f"{source} shares no key with the model (the file's first: {next(iter(weights))!r}; the model's: "
-            f"{next(iter(own))!r}); pass a state dict of this model (a maml-train checkpoint goes to trainer.init_from)"
+            f"{next(iter(own))!r}); {hint}"
         )
     loaded: dict[str, Tensor] = {}
     replaced_head, adapted, mismatched = [], [], []
