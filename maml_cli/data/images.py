@@ -138,8 +138,10 @@ class FewShotImageTasks:
         seed: int = 0,
         device: str | torch.device = "cpu",
         name: str = "images",
+        inverted: bool = False,
     ) -> None:
         self.ways, self.shots, self.query = ways, shots, query
+        self.inverted = inverted  # the cache holds 255 - pixels (Omniglot: strokes bright)
         self.eval_shots = shots if eval_shots is None else eval_shots
         self.eval_query = query if eval_query is None else eval_query
         self.seed = seed
@@ -149,6 +151,7 @@ class FewShotImageTasks:
         self.input_shape = tuple(cache.images.shape[1:])
         self.class_names = cache.class_names
         channels = self.input_shape[0]
+        self._mean_std = (list(mean), list(std)) if mean is not None and std is not None else None
         self._mean = self._std = None
         if mean is not None and std is not None:
             self._mean = torch.tensor(list(mean), device=self.device).reshape(channels, 1, 1)
@@ -161,6 +164,15 @@ class FewShotImageTasks:
             if split not in self._tables:
                 raise ConfigError(f"dataset {name}: no {split} split was defined")
         self._check_sizes()
+
+    def input_spec(self) -> dict:
+        """What a deployed model needs to turn an image file into an input (kept in checkpoints):
+        decode, convert to ``channels``, resize to ``size``, scale to [0, 1], invert if the
+        training images were, then standardise with ``mean``/``std`` if any."""
+        channels, size = self.input_shape[0], self.input_shape[-1]
+        mean, std = self._mean_std if self._mean_std else (None, None)
+        image = {"size": size, "channels": channels, "mean": mean, "std": std, "inverted": self.inverted}
+        return {"problem": "classification", "input_shape": list(self.input_shape), "ways": self.ways, "image": image}
 
     # -- checks ------------------------------------------------------------------------------
 

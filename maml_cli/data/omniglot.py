@@ -193,5 +193,6 @@ def omniglot_tasks(
         cache,
         splits,
         name="omniglot",
+        inverted=True,  # decode() stores 255 - pixels
         **episodes,
     )

@@ -59,6 +59,10 @@ class SinusoidTasks:
 
     # -- the task distribution interface -------------------------------------------------------
 
+    def input_spec(self) -> dict:
+        """What a deployed model needs to know of its inputs (kept in checkpoints)."""
+        return {"problem": "regression", "input_shape": list(self.input_shape), "features": ["x"], "target": "y"}
+
     def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
         return F.mse_loss(prediction, target)
 

@@ -69,14 +69,13 @@ def _check_inputs(model: nn.Module, input_shape, device: torch.device, target: s
         model.train(mode)
 
 
-def build_run(cfg: DictConfig, device: torch.device, initial_weights: bool = False) -> Run:
-    """Build what ``cfg`` describes, on ``device``. The global RNG must already be seeded.
+def build_model(cfg: DictConfig, device: torch.device, input_shape=None, initial_weights: bool = False) -> nn.Module:
+    """The model ``cfg.model`` describes, on ``device``, checked against ``input_shape`` if given.
 
     With ``initial_weights`` the model starts from ``model.weights_path`` and ``trainer.init_from``
-    when they are set: ``maml-train`` asks for it, while ``maml-eval`` and resumed runs load a
-    checkpoint over the model anyway (and the files may not be there any more).
+    when they are set: ``maml-train`` asks for it, while ``maml-eval``, deployment and resumed runs
+    load a checkpoint over the model anyway (and the files may not be there any more).
     """
-    tasks = _instantiate(cfg.dataset, "dataset", seed=int(cfg.seed), device=device)
     options = {key: cfg.model.get(key) for key in MODEL_OPTIONS}
     try:
         resolved = OmegaConf.to_container(cfg.model, resolve=True)
@@ -87,18 +86,30 @@ def build_run(cfg: DictConfig, device: torch.device, initial_weights: bool = Fal
     model = _instantiate(constructor, "model")
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model._target_={cfg.model._target_} built a {type(model).__name__}, not a torch.nn.Module")
-    if initial_weights and (options["weights_path"] or cfg.trainer.get("init_from")):
+    init_from = cfg.get("trainer", {}).get("init_from")
+    if initial_weights and (options["weights_path"] or init_from):
         from maml_cli.engine.init_weights import load_initial_weights
 
-        load_initial_weights(model, weights_path=options["weights_path"], init_from=cfg.trainer.get("init_from"))
-    freeze_parameters(model, list(options["freeze"] or []))
+        load_initial_weights(model, weights_path=options["weights_path"], init_from=init_from)
+    freeze_parameters(model, options["freeze"])
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(f"model._target_={cfg.model._target_} has no trainable parameters to meta-learn")
     model.to(device)
-    _check_inputs(model, getattr(tasks, "input_shape", None), device, cfg.model.get("_target_"))
+    _check_inputs(model, input_shape, device, cfg.model.get("_target_"))
+    return model
+
+
+def build_algorithm(cfg: DictConfig, model: nn.Module, loss) -> nn.Module:
+    """The algorithm ``cfg.inner_loop`` describes, meta-learning ``model`` with the task loss ``loss``."""
     inner = OmegaConf.to_container(cfg.inner_loop, resolve=True, enum_to_str=True)
-    algorithm = _instantiate(
-        OmegaConf.create(inner), "inner_loop", model=model, loss=tasks.loss, batch_norm=options["batch_norm"] or "batch"
-    )
-    algorithm.to(device)
-    return Run(tasks=tasks, algorithm=algorithm)
+    batch_norm = cfg.model.get("batch_norm") or "batch"
+    algorithm = _instantiate(OmegaConf.create(inner), "inner_loop", model=model, loss=loss, batch_norm=batch_norm)
+    return algorithm.to(next(model.parameters()).device)
+
+
+def build_run(cfg: DictConfig, device: torch.device, initial_weights: bool = False) -> Run:
+    """Build what ``cfg`` describes, on ``device``. The global RNG must already be seeded.
+    ``initial_weights``: see :func:`build_model`."""
+    tasks = _instantiate(cfg.dataset, "dataset", seed=int(cfg.seed), device=device)
+    model = build_model(cfg, device, getattr(tasks, "input_shape", None), initial_weights)
+    return Run(tasks=tasks, algorithm=build_algorithm(cfg, model, tasks.loss))

@@ -40,6 +40,7 @@ _OPTIONAL = {
     "last_val": ((Mapping, type(None)), "a dict or null"),
     "top": ((list,), "a list"),
     "history": ((list,), "a list"),
+    "inputs": ((Mapping, type(None)), "a dict or null"),
 }
 
 

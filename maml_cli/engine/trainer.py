@@ -88,6 +88,8 @@ class Trainer:
             "top": self.top,
             "history": self.history,
             "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True),
+            # What maml_cli.deploy needs of the inputs (image size, scaling...), without the data.
+            "inputs": self.tasks.input_spec() if hasattr(self.tasks, "input_spec") else None,
         }
 
     def _maybe_resume(self) -> None:
