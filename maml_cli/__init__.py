@@ -8,7 +8,20 @@ The package is laid out one idea per sub-package, and data flows one way through
 - ``algorithms``  functional inner loops (MAML, first-order MAML) that turn a meta-batch into
                   a meta-gradient, knowing nothing of logging or checkpoints
 - ``engine``      the episodic training loop, evaluation, checkpoints, TensorBoard, progress
+- ``deploy``      from a checkpoint to a new task: adapt, predict, save (``maml_cli.load``)
 - ``cli``         thin Hydra entry points: ``maml-train`` and ``maml-eval``
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["load", "load_adapted"]
+
+
+def __getattr__(name: str):
+    # Lazily: importing maml_cli must not import torch, so the CLIs can set OpenMP's wait policy
+    # before torch loads (maml_cli/threads.py).
+    if name in ("load", "load_adapted"):
+        from maml_cli import deploy
+
+        return getattr(deploy, name)
+    raise AttributeError(f"module 'maml_cli' has no attribute {name!r}")

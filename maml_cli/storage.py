@@ -227,3 +227,23 @@ def save_verified(state: Mapping[str, Any], path: str | Path, hint: str) -> None
     """``torch.save`` ``state`` with its integrity record, atomically (see :func:`atomic_write`)."""
     recorded = with_integrity(state)
     atomic_write(path, lambda handle: torch.save(recorded, handle), hint)
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 22) -> str:
+    """The hex xxh3-128 digest of a file's bytes: names the exact checkpoint a derived file came from."""
+    hasher = xxhash.xxh3_128()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def load_verified(path: str | Path) -> tuple[Any, bool | None]:
+    """``torch.load`` (``weights_only``, onto the CPU) of a file written by :func:`save_verified`, and
+    its integrity verdict (see :func:`split_integrity`); raises what ``torch.load`` raises."""
+    import warnings
+
+    with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+        warnings.simplefilter("ignore")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    return split_integrity(state) if isinstance(state, dict) else (state, None)
