@@ -250,6 +250,11 @@ def _read_adapted(path: str | Path) -> dict[str, Any]:
     except Exception:
         why = "not a readable PyTorch file of plain data"
         raise ConfigError(f"{path} is not an adapted model ({why}); {what}") from None
+    if isinstance(state, dict) and "model" in state and "config" in state and "format" not in state:
+        raise ConfigError(
+            f"{path} is a maml-train checkpoint, not an adapted model; adapt it to a task first "
+            f"(maml-adapt checkpoint={path} support=PATH, or maml_cli.load(...).adapt(...))"
+        )
     if not isinstance(state, dict) or state.get("format") != ADAPTED_FORMAT:
         raise ConfigError(f"{path} is not an adapted model; {what}")
     if verified is not True:
