@@ -7,12 +7,14 @@ import logging
 import pytest
 import torch
 import torchvision.models
+from torch.nn import functional as F
 
 from maml_cli.engine import Trainer
 from maml_cli.engine.checkpoint import load_checkpoint
 from maml_cli.engine.init_weights import load_initial_weights
 from maml_cli.errors import CheckpointError, ConfigError
 from maml_cli.models import torchvision_model
+from maml_cli.models.torchvision_models import Hardsigmoid, Hardswish
 
 from . import fixtures_images as fx
 from .helpers import run_cli
@@ -27,6 +29,16 @@ def test_builds_with_the_datasets_channels_and_a_ways_way_head(name, channels, s
     reference = torchvision.models.get_model(name, weights=None)
     # Same keys as torchvision's model: a torchvision state dict maps onto it by name.
     assert list(model.state_dict()) == list(reference.state_dict())
+
+
+def test_mobilenet_v3_activations_are_the_same_functions_and_differentiable_twice():
+    model = torchvision_model("mobilenet_v3_small", 1, 5)
+    assert not any(isinstance(m, (torch.nn.Hardsigmoid, torch.nn.Hardswish)) for m in model.modules())
+    x = torch.linspace(-5, 5, 2001, requires_grad=True)
+    for mine, theirs in ((Hardsigmoid(), F.hardsigmoid), (Hardswish(), F.hardswish)):
+        assert torch.equal(mine(x), theirs(x))
+        (first,) = torch.autograd.grad(mine(x).sum(), x, create_graph=True)
+        torch.autograd.grad(first.sum(), x)  # the second-order MAML needs; torch's own kernels have none
 
 
 def test_builder_keyword_arguments_reach_torchvision():

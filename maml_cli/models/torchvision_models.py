@@ -13,6 +13,10 @@
   in place of the last linear layer (``fc`` of a ResNet, ``classifier[-1]`` of a MobileNet or
   EfficientNet, ``heads.head`` of a ViT), or a 1x1 ``Conv2d`` where the classifier is one
   (SqueezeNet).
+
+MobileNetV3's ``nn.Hardsigmoid`` and ``nn.Hardswish`` are rewritten with ``relu6``: the same
+function, but PyTorch has no derivative of their backward kernels, so second-order MAML would stop
+with "derivative for aten::hardsigmoid_backward is not implemented".
 """
 
 from __future__ import annotations
@@ -23,12 +27,30 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
+from torch import Tensor, nn
+from torch.nn import functional as F
 
 from maml_cli.errors import ConfigError
 
 #: Builders whose auxiliary classifiers make the training-mode output a tuple: off unless asked for.
 _AUX_LOGITS = ("googlenet", "inception_v3")
+
+
+class Hardsigmoid(nn.Module):
+    """``nn.Hardsigmoid`` as ``relu6(x + 3) / 6``: differentiable twice (see the module's docstring)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu6(x + 3) / 6
+
+
+class Hardswish(nn.Module):
+    """``nn.Hardswish`` as ``x * relu6(x + 3) / 6``: differentiable twice (see the module's docstring)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * F.relu6(x + 3) / 6
+
+
+_TWICE_DIFFERENTIABLE = {nn.Hardsigmoid: Hardsigmoid, nn.Hardswish: Hardswish}
 
 
 def _torchvision_models():
@@ -131,4 +153,7 @@ def torchvision_model(
         raise ConfigError(f"torchvision's {name}(**model.kwargs) failed: {exc}") from None
     _adapt_first_conv(model, int(in_channels))
     _replace_classifier(model, int(out_features), name)
+    for module_name, module in list(model.named_modules()):
+        if type(module) in _TWICE_DIFFERENTIABLE:
+            _set_submodule(model, module_name, _TWICE_DIFFERENTIABLE[type(module)]())
     return model
