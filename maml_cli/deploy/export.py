@@ -226,7 +226,7 @@ def verify_export(
                 break
         if not worst <= atol:
             raise ExportMismatch(
-                f"the {format} export at {path} differs from PyTorch by {worst:.3g} (more than {atol:g}) on a "
-                f"batch of {x.shape[0]}: export again, or report the model"
+                f"the {format} export at {path} differs from PyTorch by {worst:.3g} (more than atol={atol:g}) on a "
+                f"batch of {x.shape[0]}; the file is written: check it before use, or accept it with a larger atol"
             )
     return worst
