@@ -163,3 +163,22 @@ def test_cli_meta_trains_a_pretrained_resnet18_with_a_frozen_body(resnet18_file,
     # The frozen body is the file's, unchanged by meta-training.
     assert torch.equal(saved["model"]["model.layer1.0.conv1.weight"], start["layer1.0.conv1.weight"])
     assert torch.equal(saved["model"]["model.conv1.weight"], start["conv1.weight"].sum(dim=1, keepdim=True))
+
+
+def test_stochastic_depth_draws_per_task_under_vmap_and_presets_compose_with_torchvision():
+    from maml_cli.algorithms import MAML
+    from maml_cli.data.tasks import TaskBatch
+    from maml_cli.engine.build import build_model
+
+    from .helpers import compose_train
+
+    torch.manual_seed(0)
+    model = torchvision_model("efficientnet_b0", in_channels=3, out_features=3)
+    algo = MAML(model, torch.nn.functional.cross_entropy, lr=0.01, task_batching="vmap", first_order=True)
+    x, y = torch.randn(2, 3, 3, 32, 32), torch.arange(3).expand(2, -1)
+    out = algo.meta_backward(TaskBatch(x, y, x, y))  # training mode: stochastic depth on, per task
+    assert torch.isfinite(out.loss_after).all()
+    # An image preset sets model.hidden for Conv-4; a torchvision backbone takes it and ignores it.
+    cfg = compose_train("experiment=omniglot_5w1s", "model=torchvision", "model.name=resnet18")
+    assert cfg.model.hidden == 64
+    assert build_model(cfg, torch.device("cpu"), (1, 28, 28)).fc.out_features == 5

@@ -135,11 +135,40 @@ def _replace_classifier(model: nn.Module, out_features: int, model_name: str) ->
     raise ConfigError(f"model.name={model_name}: cannot find its classifier (no nn.Linear, no 1x1 convolution last)")
 
 
+def _task_stochastic_depth():
+    """torchvision's ``StochasticDepth`` with out-of-place randomness (EfficientNet, ConvNeXt, Swin).
+
+    torchvision draws its mask with ``torch.empty(...).bernoulli_()``, which ``vmap`` refuses when
+    each task must draw its own ("different inplace randomness on an unbatched tensor"). The same
+    mask, drawn as ``rand < survival``, is batched per task; outside training it is the identity.
+    """
+    from torchvision.ops import StochasticDepth
+
+    class TaskStochasticDepth(StochasticDepth):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not self.training or self.p == 0.0:
+                return x
+            survival = 1.0 - self.p
+            size = [x.shape[0]] + [1] * (x.ndim - 1) if self.mode == "row" else [1] * x.ndim
+            mask = (torch.rand(size, dtype=x.dtype, device=x.device) < survival).to(x.dtype)
+            return x * (mask / survival if survival > 0.0 else mask)
+
+    return StochasticDepth, TaskStochasticDepth
+
+
 def torchvision_model(
-    name: str, in_channels: int = 3, out_features: int = 1000, kwargs: Mapping[str, Any] | None = None
+    name: str,
+    in_channels: int = 3,
+    out_features: int = 1000,
+    kwargs: Mapping[str, Any] | None = None,
+    hidden: int | None = None,
 ) -> nn.Module:
     """torchvision's ``name`` (e.g. ``resnet18``) built without weights by its builder with ``kwargs``,
-    taking ``in_channels`` and classifying into ``out_features`` classes (see the module's docstring)."""
+    taking ``in_channels`` and classifying into ``out_features`` classes (see the module's docstring).
+
+    ``hidden`` is accepted and unused: the image presets set ``model.hidden`` for Conv-4, and
+    ``experiment=omniglot_5w1s model=torchvision`` keeps it; a backbone has its own widths.
+    """
     builder = _builder(name)
     options = OmegaConf.to_container(kwargs, resolve=True) if isinstance(kwargs, DictConfig) else dict(kwargs or {})
     for key, instead in (("weights", "model.weights_path=FILE (a local state dict)"), ("num_classes", "out_features")):
@@ -156,4 +185,8 @@ def torchvision_model(
     for module_name, module in list(model.named_modules()):
         if type(module) in _TWICE_DIFFERENTIABLE:
             _set_submodule(model, module_name, _TWICE_DIFFERENTIABLE[type(module)]())
+    stochastic_depth, per_task = _task_stochastic_depth()
+    for module in model.modules():
+        if type(module) is stochastic_depth:
+            module.__class__ = per_task  # same attributes (p, mode), no parameters
     return model
