@@ -1,0 +1,318 @@
+"""Latency of deployment and a load test of ``maml-serve`` (not a test: run it by hand).
+
+    python scripts/bench_serve.py [--tasks 200] [--clients 32] [--seconds 60] [--out bench-out/serve]
+
+1. In process, through the Python API (``maml_cli.load(...).adapt(...).predict(...)``), with one
+   torch thread as each of the server's workers has: an Omniglot 5-way 1-shot Conv-4 (64 channels,
+   28x28 grey) and the sinusoid MLP (40-40, 10 shots): adapt in 10 steps, predict one input and a
+   batch of 100; p50 and p99 over ``--tasks`` tasks. The weights are untrained (built from the
+   experiment's config and written as maml-train writes a checkpoint): latency does not depend on
+   what the weights are. Targets: Conv-4 adapt + predict(1) p99 <= 50 ms, MLP <= 5 ms.
+2. ``maml-serve`` (the console script, a separate process) on 127.0.0.1 with the Conv-4:
+   ``--clients`` threads, each on its own keep-alive connection, for ``--seconds`` s create a task
+   (5 PNG images, 10 steps), predict one image with it, and every 4th round predict with the
+   oldest task id it made, which the LRU (``max_tasks``) has evicted by then: those must answer 404.
+   Throughput, p50/p99 per request kind, the status codes, and the server's RSS after warm-up and
+   at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from PIL import Image
+
+import maml_cli
+from maml_cli.config import config_dir, register_configs
+from maml_cli.engine.build import build_algorithm, build_model
+from maml_cli.engine.checkpoint import FORMAT_VERSION, save_checkpoint
+
+BIN = Path(sys.executable).parent
+OMNIGLOT = {
+    "problem": "classification",
+    "input_shape": [1, 28, 28],
+    "ways": 5,
+    "image": {"size": 28, "channels": 1, "mean": None, "std": None, "inverted": True},
+}
+SINUSOID = {"problem": "regression", "input_shape": [1], "features": ["x"], "target": "y"}
+
+
+def write_checkpoint(path: Path, experiment: str, spec: dict) -> Path:
+    """An untrained model of ``experiment`` as maml-train writes a checkpoint."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"experiment={experiment}"])
+    torch.manual_seed(0)
+    model = build_model(cfg, torch.device("cpu"), tuple(spec["input_shape"]))
+    algorithm = build_algorithm(cfg, model, torch.nn.functional.cross_entropy)
+    state = {
+        "format_version": FORMAT_VERSION,
+        "step": 0,
+        "model": algorithm.state_dict(),
+        "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        "inputs": spec,
+    }
+    save_checkpoint(state, path)
+    return path
+
+
+def percentiles(ms: list[float]) -> tuple[float, float]:
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def in_process(checkpoint: Path, tasks: int, support: int, classification: bool) -> dict[str, list[float]]:
+    meta = maml_cli.load(checkpoint)
+    shape = meta.input_shape
+    g = torch.Generator().manual_seed(0)
+    times: dict[str, list[float]] = {
+        "adapt (10 steps)": [],
+        "predict 1": [],
+        "predict 100": [],
+        "adapt + predict 1": [],
+    }
+    for i in range(tasks + 10):  # 10 warm-up tasks not counted
+        x = torch.randn(support, *shape, generator=g)
+        y = torch.arange(support) if classification else torch.sin(x[:, 0])
+        one, hundred = torch.randn(1, *shape, generator=g), torch.randn(100, *shape, generator=g)
+        start = time.perf_counter()
+        adapted = meta.adapt(x, y, steps=10)
+        adapt_done = time.perf_counter()
+        adapted.predict(one)
+        predict_done = time.perf_counter()
+        adapted.predict(hundred)
+        batch_done = time.perf_counter()
+        if i >= 10:
+            times["adapt (10 steps)"].append(1000 * (adapt_done - start))
+            times["predict 1"].append(1000 * (predict_done - adapt_done))
+            times["predict 100"].append(1000 * (batch_done - predict_done))
+            times["adapt + predict 1"].append(1000 * (predict_done - start))
+    return times
+
+
+# -- the load test ----------------------------------------------------------------------------------------
+
+
+def png(rng: np.random.Generator) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def multipart(fields: list[tuple[str, str, bytes]], text: dict[str, str]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in text.items()
+    ]
+    for name, filename, data in fields:
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+        parts.append(head.encode() + b"Content-Type: image/png\r\n\r\n" + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_server(checkpoint: Path, max_tasks: int, workers: int) -> tuple[subprocess.Popen, int]:
+    command = [
+        str(BIN / "maml-serve"),
+        f"checkpoint={checkpoint}",
+        "port=0",
+        f"max_tasks={max_tasks}",
+        f"workers={workers}",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MAML_SERVE_TOKEN", None)
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    for line in server.stdout:
+        if "Uvicorn running on" in line:
+            port = int(line.split("http://127.0.0.1:")[1].split()[0])
+            break
+    else:
+        raise SystemExit("maml-serve did not start")
+    log = Path(os.environ.get("BENCH_SERVE_LOG", "/tmp/bench_serve_server.log"))
+
+    def drain() -> None:  # uvicorn's access log: read it so the pipe never fills
+        with open(log, "w") as file:
+            for line in server.stdout:
+                if " 200 OK" not in line and " 404 Not Found" not in line:
+                    file.write(line)
+
+    threading.Thread(target=drain, daemon=True).start()
+    return server, port
+
+
+def load_test(checkpoint: Path, clients: int, seconds: float, max_tasks: int, workers: int) -> dict:
+    server, port = start_server(checkpoint, max_tasks, workers)
+    rng = np.random.default_rng(0)
+    images = [png(rng) for _ in range(64)]
+    lock = threading.Lock()
+    latencies: dict[str, list[float]] = {"POST /tasks": [], "POST predict (1 image)": [], "predict evicted id": []}
+    statuses: dict[int, int] = {}
+    errors: list[str] = []
+    stop = time.monotonic() + seconds
+    warm = threading.Event()
+
+    def request(connection, kind: str, path: str, body: bytes, content_type: str):
+        start = time.perf_counter()
+        connection.request("POST", path, body=body, headers={"Content-Type": content_type})
+        response = connection.getresponse()
+        data = response.read()
+        elapsed = 1000 * (time.perf_counter() - start)
+        with lock:
+            statuses[response.status] = statuses.get(response.status, 0) + 1
+            if warm.is_set():
+                latencies[kind].append(elapsed)
+        return response.status, data
+
+    def client(number: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        local = np.random.default_rng(number)
+        made: list[str] = []
+        round_ = 0
+        try:
+            while time.monotonic() < stop:
+                fields = [(f"c{k}", f"{k}.png", images[int(local.integers(64))]) for k in range(5)]
+                body, kind = multipart(fields, {"steps": "10"})
+                status, data = request(connection, "POST /tasks", "/tasks", body, kind)
+                if status != 200:
+                    errors.append(f"POST /tasks {status} {data[:200]!r}")
+                    continue
+                task_id = json.loads(data)["task_id"]
+                made.append(task_id)
+                body, kind = multipart([("file", "q.png", images[int(local.integers(64))])], {})
+                status, data = request(connection, "POST predict (1 image)", f"/tasks/{task_id}/predict", body, kind)
+                if status != 200:
+                    errors.append(f"predict {status} {data[:200]!r}")
+                round_ += 1
+                if round_ % 4 == 0 and len(made) > max_tasks // clients + 4:
+                    old = made.pop(0)  # older than the max_tasks most recent tasks of all clients
+                    status, data = request(connection, "predict evicted id", f"/tasks/{old}/predict", body, kind)
+                    if status != 404:
+                        errors.append(f"evicted id answered {status}")
+        except Exception as exc:  # a client that dies is counted, never hidden
+            errors.append(f"client {number}: {type(exc).__name__}: {exc}")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    time.sleep(min(10.0, seconds / 6))
+    warm.set()
+    warm_at = time.monotonic()
+    rss_warm = rss_mb(server.pid)
+    rss_samples = [rss_warm]
+    while any(t.is_alive() for t in threads):
+        time.sleep(2)
+        rss_samples.append(rss_mb(server.pid))
+    for thread in threads:
+        thread.join()
+    measured = time.monotonic() - warm_at
+    rss_end = rss_mb(server.pid)
+    health_connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    health_connection.request("GET", "/health")
+    health = json.loads(health_connection.getresponse().read())
+    server.terminate()
+    server.wait(30)
+    counted = sum(len(v) for v in latencies.values())
+    return {
+        "latencies": latencies,
+        "statuses": statuses,
+        "errors": errors,
+        "seconds": time.monotonic() - started,
+        "measured_seconds": measured,
+        "throughput": counted / measured,
+        "rss_warm": rss_warm,
+        "rss_end": rss_end,
+        "rss_max": max(rss_samples),
+        "health": health,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--max-tasks", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("bench-out/serve"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    torch.set_num_threads(1)  # as each of maml-serve's workers
+    tree = " (the working tree has other changes)" if dirty.stdout.strip() else ""
+    cpu = platform.processor() or platform.machine()
+    lines = [
+        f"git {commit}{tree}, torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
+        f"{os.cpu_count()} CPUs ({cpu}), load average {os.getloadavg()[0]:.2f} at start",
+        "",
+        "| model | measure | p50 ms | p99 ms | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    omniglot = write_checkpoint(args.out / "omniglot_5w1s.pt", "omniglot_5w1s", OMNIGLOT)
+    sinusoid = write_checkpoint(args.out / "sinusoid.pt", "sinusoid_maml_paper", SINUSOID)
+    for name, path, support, classification, target in (
+        ("Conv-4 Omniglot 5-way 1-shot", omniglot, 5, True, 50.0),
+        ("MLP sinusoid 10-shot", sinusoid, 10, False, 5.0),
+    ):
+        times = in_process(path, args.tasks, support, classification)
+        for measure, ms in times.items():
+            p50, p99 = percentiles(ms)
+            goal = f"p99 <= {target:g}" if measure == "adapt + predict 1" else ""
+            met = ("yes" if p99 <= target else "no") if goal else ""
+            lines.append(f"| {name} | {measure} | {p50:.2f} | {p99:.2f} | {goal} | {met} |")
+        print("\n".join(lines[-4:]), flush=True)
+
+    result = load_test(omniglot, args.clients, args.seconds, args.max_tasks, args.workers)
+    lines += [
+        "",
+        f"maml-serve (Conv-4 Omniglot 5-way 1-shot, 10 steps), workers={args.workers}, max_tasks={args.max_tasks}, "
+        f"{args.clients} client threads in this process for {result['seconds']:.0f} s, measured after warm-up for "
+        f"{result['measured_seconds']:.0f} s",
+        "",
+        "| request | count | p50 ms | p99 ms |",
+        "|---|---|---|---|",
+    ]
+    for kind, ms in result["latencies"].items():
+        if ms:
+            p50, p99 = percentiles(ms)
+            lines.append(f"| {kind} | {len(ms)} | {p50:.1f} | {p99:.1f} |")
+    fivexx = sum(n for status, n in result["statuses"].items() if status >= 500)
+    lines += [
+        "",
+        f"throughput {result['throughput']:.1f} requests/s; statuses {dict(sorted(result['statuses'].items()))}; "
+        f"5xx: {fivexx}; client errors: {len(result['errors'])}"
+        + (f" (first: {result['errors'][0]})" if result["errors"] else ""),
+        f"server RSS after warm-up {result['rss_warm']:.0f} MB, at the end {result['rss_end']:.0f} MB, "
+        f"max {result['rss_max']:.0f} MB; /health at the end {result['health']}",
+    ]
+    text = "\n".join(lines)
+    print(text[text.index("maml-serve (") :] if "maml-serve (" in text else text)
+    (args.out / "bench_serve.md").write_text(text + "\n")
+    print(f"\nwrote {args.out / 'bench_serve.md'}")
+
+
+if __name__ == "__main__":
+    main()
