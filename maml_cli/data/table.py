@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from maml_cli.data.table_files import PROBLEMS, listing, prepare_table
+from maml_cli.data.table_files import PROBLEMS, join_features, listing, prepare_table
 from maml_cli.data.tasks import TaskBatch
 from maml_cli.errors import ConfigError
 
@@ -74,6 +74,11 @@ def _finite_or_nan(prediction: Tensor, value: Tensor) -> Tensor:
     """NaN when the outputs are not finite (adaptation diverged): the engine counts such a task as
     diverged instead of scoring whatever comparisons make of NaN."""
     return torch.where(torch.isfinite(prediction).all(), value, torch.nan)
+
+
+def _plain_value(value):
+    """A class value as plain Python (numpy's ``int64(1)`` as ``1``), for checkpoints and JSON."""
+    return value.item() if hasattr(value, "item") else value
 
 
 # -- the task distribution ------------------------------------------------------------------------
@@ -152,6 +157,8 @@ class TableTasks:
         )
         self.source, self.task_names, self.feature_names = table.source, table.task_names, table.feature_names
         self.classes = table.classes
+        self.encoder = table.encoder
+        self.task_column, self.target_column = str(task_column), str(target_column)
         self.num_features = table.num_features
         self.input_shape = (self.num_features,)
         dev = self.device
@@ -216,6 +223,19 @@ class TableTasks:
         padded = torch.tensor([groups + [groups[0]] * (width - len(groups)) for groups in lists], dtype=torch.long)
         return padded.to(self.device), torch.tensor([len(g) for g in lists], device=self.device)
 
+    def input_spec(self) -> dict:
+        """What a deployed model needs to encode a user's rows exactly as training did (kept in
+        checkpoints; read by :func:`maml_cli.deploy.inputs.read_csv`): the encoder's columns and
+        statistics (:meth:`~maml_cli.data.table_files.TableEncoder.to_spec`), the target column and,
+        for classification, the class values in label order."""
+        table = {
+            **self.encoder.to_spec(),
+            "task_column": self.task_column,
+            "target_column": self.target_column,
+            "classes": [_plain_value(c) for c in self.classes] if self.classification else None,
+        }
+        return {"problem": self.problem, "input_shape": [self.num_features], "ways": self.ways, "table": table}
+
     # -- the task distribution interface -------------------------------------------------------
 
     def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
@@ -277,10 +297,8 @@ class TableTasks:
         return self._order[self._starts[groups][..., None] + position]
 
     def _features(self, rows: Tensor) -> Tensor:
-        x = self._dense[rows]
-        if self._fingerprints is not None:
-            x = torch.cat([self._fingerprints[self._molecule[rows]].float(), x], dim=-1)
-        return x
+        fingerprints = None if self._fingerprints is None else self._fingerprints[self._molecule[rows]]
+        return join_features(fingerprints, self._dense[rows])
 
     def _materialize(self, rows: Tensor, shots: int, query: int) -> TaskBatch:
         tasks, groups = rows.shape[:2]

@@ -15,6 +15,11 @@ The file (CSV, or Parquet with the extra ``maml-cli[parquet]``) is read once:
   ``val_tasks`` / ``test_tasks``, else by ``split_ratios`` of the sorted task names permuted with
   ``split_seed``.
 
+What training learned of the features (columns, means and standard deviations, one-hot
+vocabularies, fingerprint settings) is a :class:`TableEncoder`; :func:`encode_rows` is the one
+way rows become features, used by training and by a deployed model on a user's CSV
+(:mod:`maml_cli.deploy.inputs`), and the encoder travels in checkpoints (``TableTasks.input_spec``).
+
 The result depends on the file and these keys alone (:data:`TABLE_KEYS`), so ``maml-eval``
 rebuilds exactly the features a checkpoint was trained on. The last table prepared is kept in
 memory: the model's width (the ``maml_cli.table_features`` resolver) and the task distribution
@@ -57,9 +62,10 @@ def _rows(index: Sequence[int], limit: int = 5) -> str:
 # -- reading ------------------------------------------------------------------------------------
 
 
-def read_table(path: str | None) -> tuple[pd.DataFrame, Path]:
+def read_table(path: str | None, text_columns: Sequence[str] = ()) -> tuple[pd.DataFrame, Path]:
     """The table at ``path`` (``.parquet``/``.pq`` as Parquet, anything else as CSV, ``.tsv`` tab
-    separated, compressed by suffix), with rows numbered from 0 below the header."""
+    separated, compressed by suffix), with rows numbered from 0 below the header. A CSV's
+    ``text_columns`` are read as text, not as the numbers their cells may look like ("007")."""
     if not path:
         raise ConfigError(
             "dataset.path is not set: point it at a CSV or Parquet file, e.g. experiment=table_regression "
@@ -77,7 +83,8 @@ def read_table(path: str | None) -> tuple[pd.DataFrame, Path]:
                 raise ConfigError(f"reading Parquet ({file}) needs pyarrow: pip install 'maml-cli[parquet]'") from None
             frame = pd.read_parquet(file)
         else:
-            frame = pd.read_csv(file, sep="\t" if ".tsv" in suffixes else ",", low_memory=False)
+            text = {str(c): str for c in text_columns} or None
+            frame = pd.read_csv(file, sep="\t" if ".tsv" in suffixes else ",", low_memory=False, dtype=text)
     except MamlError:
         raise
     except Exception as exc:  # parser errors, bad encodings, damaged Parquet
@@ -209,53 +216,217 @@ def _refuse_numbers_with_typos(values: pd.Series, column: str, file: Path) -> No
         )
 
 
-def encode_features(frame, columns, categorical, train_rows: np.ndarray, max_categories: int, file: Path):
-    """Standardised numeric columns, then one-hot categories: ``float32 [N, D]`` and the names of
-    the ``D`` columns, with statistics and vocabularies from the rows in ``train_rows`` only."""
+def _kind(values: pd.Series) -> str:
+    """How a column's cells become category names: ``bool``, ``int``, ``float32``/``float64`` or ``text``."""
+    if pd.api.types.is_bool_dtype(values):
+        return "bool"
+    if pd.api.types.is_integer_dtype(values):
+        return "int"
+    if pd.api.types.is_float_dtype(values):
+        return "float32" if values.dtype == np.float32 else "float64"
+    return "text"
+
+
+def _category_name(value: Any, kind: str) -> Any:
+    """The name of one cell's category as training wrote it (``str`` of the value as read), whatever
+    type another reading of the file gave the cell: 3.0 or "3" in an integer column is "3", "true"
+    in a boolean one "True". A cell that does not fit the kind keeps its text (an unseen category)."""
+    if pd.isna(value):
+        return np.nan
+    try:
+        if kind == "bool":
+            if isinstance(value, str):
+                text = value.strip().lower()
+                return {"true": "True", "false": "False", "1": "True", "0": "False"}.get(text, value)
+            return str(bool(value))
+        if kind == "int":
+            if isinstance(value, (int, np.integer)):
+                return str(int(value))
+            number = float(value)
+            return str(int(number)) if number.is_integer() else str(value)
+        if kind in ("float32", "float64"):
+            return str(float(np.dtype(kind).type(float(value))))
+    except (TypeError, ValueError, OverflowError):
+        return str(value)
+    return str(value)
+
+
+def category_names(values: pd.Series, kind: str) -> pd.Series:
+    """Each cell's category name (NaN where the cell is empty)."""
+    return values.map(lambda v: _category_name(v, kind)).astype(object)
+
+
+@dataclass
+class TableEncoder:
+    """How raw rows become a model's features, with statistics from the meta-training tasks: the
+    Morgan fingerprint of ``smiles_column`` (if any), then the ``numeric`` columns standardised with
+    ``mean``/``std`` (a missing number is the mean: 0), then each ``categorical`` column one-hot over
+    its ``categories`` (a missing or unseen category: all zeros). Kept in checkpoints
+    (:meth:`to_spec`), so a deployed model encodes rows exactly as training did."""
+
+    columns: list[str]  # the feature columns as the user named them (SMILES column not included)
+    numeric: list[str]
+    mean: list[float]
+    std: list[float]
+    numeric_kinds: list[str]  # each numeric column's type in training (bool, int, float32, float64)
+    categorical: list[str]
+    categories: list[list[str]]  # the one-hot order of each categorical column
+    categorical_kinds: list[str]
+    smiles_column: str | None = None
+    fingerprint_radius: int = 2
+    fingerprint_bits: int = 2048
+
+    @property
+    def feature_names(self) -> list[str]:
+        radius, bits = self.fingerprint_radius, range(self.fingerprint_bits if self.smiles_column else 0)
+        bits = [f"morgan{radius}_{i}" for i in bits]
+        onehot = [f"{c}={v}" for c, vocabulary in zip(self.categorical, self.categories) for v in vocabulary]
+        return bits + self.numeric + onehot
+
+    @property
+    def num_features(self) -> int:
+        return len(self.feature_names)
+
+    def to_spec(self) -> dict[str, Any]:
+        """Plain data (JSON, ``torch.load(weights_only=True)``)."""
+        return {
+            "feature_columns": list(self.columns),
+            "numeric": [
+                {"column": c, "mean": float(m), "std": float(s), "kind": k}
+                for c, m, s, k in zip(self.numeric, self.mean, self.std, self.numeric_kinds)
+            ],
+            "categorical": [
+                {"column": c, "categories": list(v), "kind": k}
+                for c, v, k in zip(self.categorical, self.categories, self.categorical_kinds)
+            ],
+            "smiles": None
+            if not self.smiles_column
+            else {"column": self.smiles_column, "radius": self.fingerprint_radius, "bits": self.fingerprint_bits},
+            "missing": {"number": "the meta-training mean (0 once standardised)", "category": "all zeros"},
+            "unseen_category": "all zeros",
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> TableEncoder:
+        smiles = spec.get("smiles") or {}
+        return cls(
+            columns=[str(c) for c in spec["feature_columns"]],
+            numeric=[str(n["column"]) for n in spec["numeric"]],
+            mean=[float(n["mean"]) for n in spec["numeric"]],
+            std=[float(n["std"]) for n in spec["numeric"]],
+            numeric_kinds=[str(n["kind"]) for n in spec["numeric"]],
+            categorical=[str(c["column"]) for c in spec["categorical"]],
+            categories=[[str(v) for v in c["categories"]] for c in spec["categorical"]],
+            categorical_kinds=[str(c["kind"]) for c in spec["categorical"]],
+            smiles_column=smiles.get("column"),
+            fingerprint_radius=int(smiles.get("radius", 2)),
+            fingerprint_bits=int(smiles.get("bits", 2048)),
+        )
+
+
+def fit_encoder(frame, columns, categorical, train_rows: np.ndarray, max_categories: int, file: Path, smiles=None):
+    """The :class:`TableEncoder` of ``columns`` (numeric and boolean ones standardised, text ones and
+    those in ``categorical`` one-hot encoded), with statistics and vocabularies from the rows in
+    ``train_rows`` only; ``smiles`` is ``(column, radius, bits)`` or None."""
     numeric = [c for c in columns if c not in categorical and _is_numeric(frame[c])]
     for column in columns:
         if column not in numeric and column not in categorical:
             _refuse_numbers_with_typos(frame[column], column, file)
-    blocks, names = [np.zeros((len(frame), 0), dtype=np.float32)], []
+    mean = std = np.zeros(0)
     if numeric:
-        values = frame[numeric].to_numpy(dtype="float64", copy=True)
-        missing = ~np.isfinite(values)
-        values[missing] = np.nan
-        train = values[train_rows]
+        train = _numbers(frame, numeric)[train_rows]
         seen = ~np.isnan(train)
         count = seen.sum(axis=0)
         mean = np.where(count > 0, np.nansum(train, axis=0) / np.maximum(count, 1), 0.0)
         var = np.where(count > 0, np.nansum((train - mean) ** 2, axis=0) / np.maximum(count, 1), 0.0)
         std = np.where(var > 0, np.sqrt(var), 1.0)
-        standardised = (values - mean) / std
-        standardised[missing] = 0.0  # the meta-training mean
-        if missing.any():
-            worst = numeric[int(missing.sum(axis=0).argmax())]
-            log.info(
-                "table %s: %d missing numbers (most in %r) are taken as the meta-training tasks' mean",
-                file.name,
-                int(missing.sum()),
-                worst,
-            )
-        blocks.append(standardised.astype(np.float32))
-        names += numeric
-    for column in (c for c in columns if c not in numeric):
-        text = frame[column].map(lambda v: v if pd.isna(v) else str(v))
-        vocabulary = sorted(text.iloc[train_rows].dropna().unique())
+    others = [c for c in columns if c not in numeric]
+    kinds = [_kind(frame[c]) for c in others]
+    vocabularies = []
+    for column, kind in zip(others, kinds):
+        vocabulary = sorted(category_names(frame[column], kind).iloc[train_rows].dropna().unique())
         if len(vocabulary) > max_categories:
             raise ConfigError(
                 f"feature column {column!r} of {file} has {len(vocabulary)} distinct values in the meta-training "
                 f"tasks, more than dataset.max_categories={max_categories}: an ID or free text? Leave it out of "
                 "dataset.feature_columns, or raise dataset.max_categories to one-hot encode it anyway"
             )
-        code_of = {value: i for i, value in enumerate(vocabulary)}
-        codes = text.map(code_of).fillna(-1).to_numpy(dtype=np.int64)  # -1: missing, or unseen in training
+        vocabularies.append([str(v) for v in vocabulary])
+    column, radius, bits = smiles if smiles else (None, 2, 2048)
+    return TableEncoder(
+        columns=list(columns),
+        numeric=numeric,
+        mean=[float(m) for m in mean],
+        std=[float(s) for s in std],
+        numeric_kinds=[_kind(frame[c]) for c in numeric],
+        categorical=others,
+        categories=vocabularies,
+        categorical_kinds=kinds,
+        smiles_column=column,
+        fingerprint_radius=int(radius),
+        fingerprint_bits=int(bits),
+    )
+
+
+def _numbers(frame: pd.DataFrame, numeric: list[str]) -> np.ndarray:
+    """float64 ``[N, len(numeric)]``, NaN where a number is missing or not finite."""
+    values = frame[numeric].to_numpy(dtype="float64", copy=True)
+    values[~np.isfinite(values)] = np.nan
+    return values
+
+
+@dataclass
+class Encoded:
+    dense: Tensor  # float32 [N, D]: standardised numbers, then one-hot categories
+    missing_numbers: np.ndarray  # bool [N, len(numeric)]: filled with the mean
+    unseen_categories: np.ndarray  # bool [N, len(categorical)]: a value none of the training rows had
+
+
+def encode_dense(frame: pd.DataFrame, encoder: TableEncoder) -> Encoded:
+    """The numeric and one-hot part of the features of ``frame``'s rows (its numeric columns read
+    as numbers, of the kinds training had)."""
+    blocks = [np.zeros((len(frame), 0), dtype=np.float32)]
+    missing = np.zeros((len(frame), len(encoder.numeric)), dtype=bool)
+    if encoder.numeric:
+        values = _numbers(frame, encoder.numeric)
+        missing = np.isnan(values)
+        standardised = (values - np.asarray(encoder.mean)) / np.asarray(encoder.std)
+        standardised[missing] = 0.0  # the meta-training mean
+        blocks.append(standardised.astype(np.float32))
+    unseen = np.zeros((len(frame), len(encoder.categorical)), dtype=bool)
+    for i, (column, vocabulary, kind) in enumerate(
+        zip(encoder.categorical, encoder.categories, encoder.categorical_kinds)
+    ):
+        names = category_names(frame[column], kind)
+        code_of = {value: k for k, value in enumerate(vocabulary)}
+        codes = names.map(code_of).fillna(-1).to_numpy(dtype=np.int64)  # -1: missing, or unseen in training
         onehot = np.zeros((len(frame), len(vocabulary)), dtype=np.float32)
         known = codes >= 0
         onehot[np.flatnonzero(known), codes[known]] = 1.0
+        unseen[:, i] = ~known & names.notna().to_numpy()
         blocks.append(onehot)
-        names += [f"{column}={value}" for value in vocabulary]
-    return torch.from_numpy(np.concatenate(blocks, axis=1)), names
+    return Encoded(torch.from_numpy(np.concatenate(blocks, axis=1)), missing, unseen)
+
+
+def join_features(fingerprints: Tensor | None, dense: Tensor) -> Tensor:
+    """A row's features: its molecule's fingerprint bits (0/1 floats) first, then the dense part."""
+    return dense if fingerprints is None else torch.cat([fingerprints.float(), dense], dim=-1)
+
+
+def encode_rows(frame: pd.DataFrame, encoder: TableEncoder) -> Tensor:
+    """float32 ``[N, features]`` of ``frame``'s rows, as training encoded them; every SMILES must be
+    one RDKit reads (:func:`~maml_cli.data.molecules.morgan_fingerprints` says which are not)."""
+    fingerprints = None
+    if encoder.smiles_column:
+        from maml_cli.data.molecules import morgan_fingerprints
+
+        table, index = morgan_fingerprints(
+            frame[encoder.smiles_column].tolist(), encoder.fingerprint_radius, encoder.fingerprint_bits
+        )
+        if (index < 0).any():
+            raise ValueError("encode_rows needs readable SMILES in every row")
+        fingerprints = torch.from_numpy(table)[torch.from_numpy(index)]
+    return join_features(fingerprints, encode_dense(frame, encoder).dense)
 
 
 @dataclass
@@ -271,7 +442,11 @@ class PreparedTable:
     task_of_row: Tensor  # int64 [N]
     task_names: list[str]
     splits: dict[str, list[int]]  # task ids of each split
-    feature_names: list[str]
+    encoder: TableEncoder
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.encoder.feature_names
 
     @property
     def num_features(self) -> int:
@@ -356,12 +531,20 @@ def _prepare(
     ids = {name: i for i, name in enumerate(task_names)}
     splits = {split: sorted(ids[name] for name in tasks) for split, tasks in names.items()}
     train_rows = np.flatnonzero(np.isin(task_of_row, splits["train"]))
-    dense, feature_names = encode_features(frame, features, set(categorical), train_rows, int(max_categories), file)
-    if fingerprints is not None:  # the fingerprint's bits come first
-        feature_names = [f"morgan{fingerprint_radius}_{i}" for i in range(int(fingerprint_bits))] + feature_names
+    smiles = (smiles_column, int(fingerprint_radius), int(fingerprint_bits)) if smiles_column else None
+    encoder = fit_encoder(frame, features, set(categorical), train_rows, int(max_categories), file, smiles)
+    encoded = encode_dense(frame, encoder)
+    if encoded.missing_numbers.any():
+        counts = encoded.missing_numbers.sum(axis=0)
+        log.info(
+            "table %s: %d missing numbers (most in %r) are taken as the meta-training tasks' mean",
+            file.name,
+            int(counts.sum()),
+            encoder.numeric[int(counts.argmax())],
+        )
     return PreparedTable(
         file,
-        dense,
+        encoded.dense,
         fingerprints,
         molecule,
         targets,
@@ -369,7 +552,7 @@ def _prepare(
         torch.from_numpy(task_of_row),
         task_names,
         splits,
-        feature_names,
+        encoder,
     )
 
 
