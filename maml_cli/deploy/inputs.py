@@ -20,6 +20,21 @@ A CSV holds one row per example: the feature columns the checkpoint names (``fea
 target column (``target``) for a support set, and optionally an ``id`` column that names the rows
 (else rows are numbered from 1, the first row after the header). Any other column, a missing one,
 an empty or NaN cell or a value that is not a number is refused in one line naming them.
+
+A model meta-trained on a table (``dataset=table``; the checkpoint's inputs hold a ``table``)
+reads a CSV or Parquet file with that table's columns: its feature columns (and SMILES column),
+the target column for a support set, an optional ``id`` column naming the rows; other columns
+(the task column, notes) are ignored. Rows are encoded by training's own
+:func:`~maml_cli.data.table_files.encode_rows` with training's statistics: numbers standardised
+with the meta-training mean and std, categories one-hot in training's order, SMILES as Morgan
+fingerprints. As in training, a missing number is the meta-training mean, and a missing category
+or one the meta-training tasks never had is all zeros; both are said in one log line naming the
+rows. A value that is not a number in a numeric column, and a SMILES RDKit cannot read, are
+refused in one line naming the rows, in a support set and in inputs alike: no row goes missing
+from a prediction file. For classification the task's classes are the distinct target values of
+the support set, sorted as training sorted class values (so in a binary task the larger value,
+1 or True, is the positive class), and named by those values: predictions are written as the
+original values, with ``p_<value>`` columns.
 """
 
 from __future__ import annotations
@@ -27,6 +42,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +73,10 @@ def image_spec(inputs_spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def table_columns(inputs_spec: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """``(feature columns, target columns)`` of a model that reads rows of a table."""
+    """``(feature columns, target columns)`` of a model that reads rows of a table; a model of a
+    ``dataset=table`` run has no feature columns here: its inputs are encoded (:func:`read_csv`)."""
+    if inputs_spec.get("table"):
+        return [], [str(inputs_spec["table"]["target_column"])]
     features, target = inputs_spec.get("features"), inputs_spec.get("target")
     if not features or not target:
         raise ConfigError(f"this model takes {_what_it_takes(inputs_spec)}, not rows of a CSV")
@@ -68,6 +87,8 @@ def _what_it_takes(inputs_spec: Mapping[str, Any]) -> str:
     if inputs_spec.get("image"):
         image = inputs_spec["image"]
         return f"images ({image['channels']}-channel, {image['size']}x{image['size']}): a folder of them"
+    if inputs_spec.get("table"):
+        return f"rows of a CSV with columns {', '.join(_table_columns_needed(inputs_spec['table'], False))}"
     if inputs_spec.get("features"):
         return f"rows of a CSV with columns {', '.join(map(str, inputs_spec['features']))}"
     return f"inputs of shape {list(inputs_spec.get('input_shape', []))}, which maml-cli cannot read from files"
@@ -180,6 +201,8 @@ def read_images(paths: PathLike | Sequence[PathLike], inputs_spec: Mapping[str, 
 def read_support_folder(path: PathLike, inputs_spec: Mapping[str, Any]) -> tuple[Tensor, Tensor, list[str]]:
     """A support set from a folder with one sub-folder of images per class:
     ``(x [K, C, H, W], y [K] class indices, class names)``; classes are the sub-folder names, sorted."""
+    if inputs_spec.get("table"):  # a table model's support set is a CSV (maml-adapt support=...)
+        return read_support_table(path, inputs_spec)
     image = image_spec(inputs_spec)
     folder = Path(path)
     if not folder.is_dir():
@@ -220,12 +243,17 @@ def read_csv(
 ) -> tuple[Tensor, Tensor | None, list[str]]:
     """Rows of a CSV as model inputs: ``(x [N, features], y [N, targets] or None, row ids)``.
 
-    The columns are the checkpoint's feature columns, its target column when ``with_target`` (a
-    support set; without it a target column is allowed and left out), and an optional ``id``
-    column naming the rows (else the ids are the row numbers, 1 for the first row after the header).
+    For a model of a ``dataset=table`` run see :func:`read_table_rows` (``y`` is then class indices
+    ``[N]`` for classification). Otherwise the columns are the checkpoint's feature columns, its
+    target column when ``with_target`` (a support set; without it a target column is allowed and
+    left out), and an optional ``id`` column naming the rows (else the ids are the row numbers, 1
+    for the first row after the header).
     """
     import pandas as pd
 
+    if inputs_spec.get("table"):
+        rows = read_table_rows(path, inputs_spec, with_target)
+        return rows.x, rows.y, rows.ids
     features, targets = table_columns(inputs_spec)
     path = Path(path)
     if not path.is_file():
@@ -277,3 +305,154 @@ def read_csv(
     y = torch.from_numpy(np.stack([values[c] for c in targets], axis=1)).float() if with_target else None
     ids = list(table[ID_COLUMN]) if ID_COLUMN in columns else [str(i + 1) for i in range(len(table))]
     return x, y, ids
+
+
+# -- rows of a meta-training table (dataset=table) -------------------------------------------------
+
+
+@dataclass
+class TableRows:
+    x: Tensor  # float32 [N, features], encoded as training encoded its rows
+    y: Tensor | None  # float32 [N, 1] targets, or int64 [N] class indices; None without a target
+    classes: list[str] | None  # classification: the class of each index, the target values as text
+    ids: list[str]
+
+
+def _table_columns_needed(table: Mapping[str, Any], with_target: bool) -> list[str]:
+    smiles = [table["smiles"]["column"]] if table.get("smiles") else []
+    return [*smiles, *table["feature_columns"], *([table["target_column"]] if with_target else [])]
+
+
+def read_support_table(path: PathLike, inputs_spec: Mapping[str, Any]) -> tuple[Tensor, Tensor, list[str] | None]:
+    """A support set of a table model: ``(x, y, classes)``, as :func:`read_table_rows` reads it."""
+    rows = read_table_rows(path, inputs_spec, with_target=True)
+    return rows.x, rows.y, rows.classes
+
+
+def read_table_rows(path: PathLike, inputs_spec: Mapping[str, Any], with_target: bool) -> TableRows:
+    """Rows of a CSV or Parquet file for a model meta-trained on a table, encoded exactly as its
+    training rows were (see the module's docstring for the rules)."""
+    from maml_cli.data.table_files import TableEncoder, encode_rows, read_table
+
+    table = inputs_spec["table"]
+    encoder = TableEncoder.from_spec(table)
+    target, classes = str(table["target_column"]), table.get("classes")
+    path = Path(path)
+    if not path.is_file():
+        raise MamlError(f"table {path} {'is a folder' if path.is_dir() else 'not found'}; give a CSV or Parquet file")
+    text = [c for c, kind in zip(encoder.categorical, encoder.categorical_kinds) if kind == "text"]
+    text += [encoder.smiles_column] if encoder.smiles_column else []
+    text += [ID_COLUMN] + ([target] if classes and all(isinstance(c, str) for c in classes) else [])
+    frame, _ = read_table(str(path), text_columns=text)
+    needed = _table_columns_needed(table, with_target)
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise MamlError(
+            f"{path} lacks column(s) {', '.join(missing)}; this model reads columns {', '.join(needed)} "
+            f"(optional {ID_COLUMN} names the rows; other columns are ignored)"
+        )
+    frame = _numbers_as_trained(frame, encoder, path)
+    if encoder.smiles_column:
+        _refuse_unreadable_smiles(frame[encoder.smiles_column], encoder, path)
+    _note_filled(frame, encoder, path)
+    x = encode_rows(frame, encoder)
+    y, names = None, None
+    if with_target:
+        y, names = _table_targets(frame[target], target, inputs_spec["problem"] == "classification", path)
+    if ID_COLUMN in frame.columns:
+        ids = [str(v) if isinstance(v, str) else str(i + 1) for i, v in enumerate(frame[ID_COLUMN])]
+    else:
+        ids = [str(i + 1) for i in range(len(frame))]
+    return TableRows(x, y, names, ids)
+
+
+def _numbers_as_trained(frame, encoder, path: Path):
+    """The numeric columns as numbers of training's kind: a cell that is not a number is refused."""
+    import pandas as pd
+
+    frame = frame.copy()
+    for column, kind in zip(encoder.numeric, encoder.numeric_kinds):
+        values = frame[column]
+        if pd.api.types.is_bool_dtype(values):
+            frame[column] = values.astype("float64")
+            continue
+        if kind == "bool":
+            values = values.map(_bool_word)
+        numbers = pd.to_numeric(values, errors="coerce")
+        bad = np.flatnonzero(numbers.isna().to_numpy() & values.notna().to_numpy())
+        if len(bad):
+            raise MamlError(
+                f"{path}: column {column} holds values that are not numbers in row(s) {_rows(bad)} "
+                f"(e.g. {frame[column].iloc[bad[0]]!r}; rows count from 1 after the header)"
+            )
+        frame[column] = numbers.astype("float32") if kind == "float32" else numbers.astype("float64")
+    return frame
+
+
+def _bool_word(value: Any) -> Any:
+    """ "true"/"false" (any case) as 1/0 for a boolean column; anything else as it is."""
+    if isinstance(value, str):
+        return {"true": "1", "false": "0"}.get(value.strip().lower(), value)
+    return value
+
+
+def _refuse_unreadable_smiles(smiles, encoder, path: Path) -> None:
+    from maml_cli.data.molecules import morgan_fingerprints
+
+    _, index = morgan_fingerprints(smiles.tolist(), encoder.fingerprint_radius, encoder.fingerprint_bits)
+    bad = np.flatnonzero(index < 0)
+    if len(bad):
+        raise MamlError(
+            f"{path}: RDKit cannot read the SMILES of column {encoder.smiles_column} in row(s) {_rows(bad)} "
+            f"(e.g. {smiles.iloc[bad[0]]!r}; rows count from 1 after the header); fix or remove those rows"
+        )
+
+
+def _note_filled(frame, encoder, path: Path) -> None:
+    """One log line for missing numbers (taken as the meta-training mean) and categories the
+    meta-training tasks never had (all zeros): training's rules, said."""
+    from maml_cli.data.table_files import encode_dense
+
+    encoded = encode_dense(frame, encoder)
+    notes = []
+    for what, mask, columns, rule in (
+        ("missing numbers", encoded.missing_numbers, encoder.numeric, "taken as the meta-training mean"),
+        ("categories unseen in meta-training", encoded.unseen_categories, encoder.categorical, "encoded as none"),
+    ):
+        if mask.any():
+            rows = np.flatnonzero(mask.any(axis=1))
+            named = ", ".join(c for c, hit in zip(columns, mask.any(axis=0)) if hit)
+            notes.append(f"{int(mask.sum())} {what} ({named}; row(s) {_rows(rows)}) {rule}")
+    if notes:
+        log.info("%s: %s, as in training", path.name, "; ".join(notes))
+
+
+def _table_targets(values, column: str, classification: bool, path: Path) -> tuple[Tensor, list[str] | None]:
+    import pandas as pd
+
+    empty = np.flatnonzero(values.isna().to_numpy())
+    if len(empty):
+        raise MamlError(
+            f"{path}: target column {column} is empty or NaN in row(s) {_rows(empty)} (rows count from 1 after "
+            "the header); fill or remove those rows"
+        )
+    if not classification:
+        numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", copy=True)
+        bad = np.flatnonzero(~np.isfinite(numbers))
+        if len(bad):
+            raise MamlError(
+                f"{path}: target column {column} holds values that are not numbers in row(s) {_rows(bad)} "
+                f"(e.g. {values.iloc[bad[0]]!r}; rows count from 1 after the header)"
+            )
+        return torch.from_numpy(numbers).float()[:, None], None
+    try:
+        codes, uniques = pd.factorize(values, sort=True)  # the order training gave class values
+    except TypeError:
+        raise MamlError(f"{path}: target column {column} mixes numbers and text; use one kind of class value") from None
+    classes = [str(v) for v in uniques.tolist()]
+    if len(classes) < 2:
+        raise MamlError(
+            f"{path}: the support set has one class ({classes[0]}) in target column {column}; a task needs at "
+            "least 2 classes"
+        )
+    return torch.from_numpy(codes.astype(np.int64)), classes
