@@ -10,10 +10,10 @@
    what the weights are. Targets: Conv-4 adapt + predict(1) p99 <= 50 ms, MLP <= 5 ms.
 2. ``maml-serve`` (the console script, a separate process) on 127.0.0.1 with the Conv-4:
    ``--clients`` threads, each on its own keep-alive connection, for ``--seconds`` s create a task
-   (5 PNG images, 10 steps), predict one image with it, and every 4th round predict with the
-   oldest task id it made, which the LRU (``max_tasks``) has evicted by then: those must answer 404.
-   Throughput, p50/p99 per request kind, the status codes, and the server's RSS after warm-up and
-   at the end.
+   (5 PNG images, 10 steps), predict one image with it, and every 2nd round predict with a
+   task id that ``max_tasks`` newer tasks have pushed out of the LRU: those must answer 404.
+   Throughput, p50/p99 per request kind, the status codes, and the server's RSS once the cache is
+   full (warm) and at the end.
 """
 
 from __future__ import annotations
@@ -183,10 +183,11 @@ def load_test(checkpoint: Path, clients: int, seconds: float, max_tasks: int, wo
                 latencies[kind].append(elapsed)
         return response.status, data
 
+    created: list[str] = []  # every task id, in the order the server answered them
+
     def client(number: int) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         local = np.random.default_rng(number)
-        made: list[str] = []
         round_ = 0
         try:
             while time.monotonic() < stop:
@@ -197,14 +198,19 @@ def load_test(checkpoint: Path, clients: int, seconds: float, max_tasks: int, wo
                     errors.append(f"POST /tasks {status} {data[:200]!r}")
                     continue
                 task_id = json.loads(data)["task_id"]
-                made.append(task_id)
+                with lock:
+                    created.append(task_id)
                 body, kind = multipart([("file", "q.png", images[int(local.integers(64))])], {})
                 status, data = request(connection, "POST predict (1 image)", f"/tasks/{task_id}/predict", body, kind)
                 if status != 200:
                     errors.append(f"predict {status} {data[:200]!r}")
                 round_ += 1
-                if round_ % 4 == 0 and len(made) > max_tasks // clients + 4:
-                    old = made.pop(0)  # older than the max_tasks most recent tasks of all clients
+                # An id last used before max_tasks tasks were created is evicted; each client has one
+                # request in flight, so 2 x clients more make sure its last predict came before them.
+                with lock:
+                    old_enough = len(created) - max_tasks - 2 * clients
+                    old = created[int(local.integers(old_enough))] if old_enough > 0 else None
+                if round_ % 2 == 0 and old is not None:
                     status, data = request(connection, "predict evicted id", f"/tasks/{old}/predict", body, kind)
                     if status != 404:
                         errors.append(f"evicted id answered {status}")
@@ -217,7 +223,9 @@ def load_test(checkpoint: Path, clients: int, seconds: float, max_tasks: int, wo
     started = time.monotonic()
     for thread in threads:
         thread.start()
-    time.sleep(min(10.0, seconds / 6))
+    # Warm: the cache full (its memory is the server's steady state) and at least 10 s in.
+    while time.monotonic() - started < min(10.0, seconds / 6) or len(created) < max_tasks + 2 * clients:
+        time.sleep(0.5)
     warm.set()
     warm_at = time.monotonic()
     rss_warm = rss_mb(server.pid)
@@ -245,6 +253,7 @@ def load_test(checkpoint: Path, clients: int, seconds: float, max_tasks: int, wo
         "rss_warm": rss_warm,
         "rss_end": rss_end,
         "rss_max": max(rss_samples),
+        "created": len(created),
         "health": health,
     }
 
@@ -254,7 +263,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--max-tasks", type=int, default=64)
+    parser.add_argument("--max-tasks", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench-out/serve"))
     args = parser.parse_args()
@@ -306,7 +315,7 @@ def main() -> None:
         f"5xx: {fivexx}; client errors: {len(result['errors'])}"
         + (f" (first: {result['errors'][0]})" if result["errors"] else ""),
         f"server RSS after warm-up {result['rss_warm']:.0f} MB, at the end {result['rss_end']:.0f} MB, "
-        f"max {result['rss_max']:.0f} MB; /health at the end {result['health']}",
+        f"max {result['rss_max']:.0f} MB; {result['created']} tasks created; /health at the end {result['health']}",
     ]
     text = "\n".join(lines)
     print(text[text.index("maml-serve (") :] if "maml-serve (" in text else text)
