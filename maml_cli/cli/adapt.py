@@ -61,9 +61,15 @@ def _steps(value: str | None) -> int | None:
 
 def _read_support(value: str, meta):
     """``(x, y, classes or None, what the support set is in words)``."""
-    from maml_cli.deploy.inputs import read_csv, read_support_folder
+    from maml_cli.deploy.inputs import read_csv, read_support_folder, read_support_table
 
     path = Path(value)
+    if meta.inputs.get("table"):  # a model meta-trained on a table: a CSV or Parquet file of its columns
+        if path.is_dir():
+            raise ConfigError(f"this model reads rows of a table: support={path} must be a CSV file, not a folder")
+        x, y, classes = read_support_table(path, meta.inputs)
+        named = f" of {len(classes)} classes ({', '.join(classes)})" if classes else ""
+        return x, y, classes, f"{len(x)} support rows{named}"
     if meta.problem == "classification":
         x, y, classes = read_support_folder(path, meta.inputs)
         return x, y, classes, f"{len(y)} support images of {len(classes)} classes ({', '.join(classes)})"

@@ -130,7 +130,7 @@ def input_paths(value: str) -> list[Path] | Path:
     from maml_cli.data.image_files import IMAGE_SUFFIXES
 
     path = Path(value)
-    if path.is_dir() or (path.is_file() and path.suffix.lower() == ".csv"):
+    if path.is_dir() or (path.is_file() and path.suffix.lower() in (".csv", ".tsv", ".parquet", ".pq")):
         return path
     if path.is_file():
         if path.suffix.lower() in IMAGE_SUFFIXES:
@@ -160,7 +160,7 @@ def read_inputs(value: str, inputs_spec: dict) -> Inputs:
     from maml_cli.deploy.inputs import read_csv, read_images, table_columns
 
     found = input_paths(value)
-    if isinstance(found, Path) and found.suffix.lower() == ".csv" and found.is_file():
+    if isinstance(found, Path) and found.suffix.lower() in (".csv", ".tsv", ".parquet", ".pq") and found.is_file():
         x, _, ids = read_csv(found, inputs_spec, with_target=False)
         features, _ = table_columns(inputs_spec)
         return Inputs(x, ids, {f: x[:, i].tolist() for i, f in enumerate(features)}, found)
