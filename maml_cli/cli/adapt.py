@@ -17,15 +17,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from maml_cli.cli.predict import (
-    Option,
-    check_output,
-    device_of,
-    parse_arguments,
-    read_inputs,
-    run,
-    write_predictions,
-)
+from maml_cli.cli.key_values import Option, device_of, parse_arguments, run
+from maml_cli.cli.predict import check_output, read_inputs, write_predictions
 from maml_cli.errors import ConfigError
 
 PROG = "maml-adapt"

@@ -14,43 +14,31 @@ A handful of ``key=value`` arguments need no Hydra.
 
 from __future__ import annotations
 
-import difflib
-import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-import torch
+from maml_cli.cli.key_values import Option, parse_arguments, run
+from maml_cli.deploy.export import FORMATS
+from maml_cli.errors import ConfigError
 
-from maml_cli.deploy.export import FORMATS, check_format, default_path, export_network, verify_export
-from maml_cli.errors import ConfigError, MamlError
-
-USAGE = f"""usage: maml-export (model=ADAPTED.pt | checkpoint=PATH) format={"|".join(FORMATS)} [output=PATH] [atol=1e-5]
-
-  model=       an adapted model (maml-adapt, AdaptedModel.save): the network adapted to one task
-  checkpoint=  a maml-train checkpoint: the meta-learned initialisation, for adapting elsewhere
-  format=      onnx (needs pip install 'maml-cli[export]'), torchscript, or pt2 (torch.export)
-  output=      where to write (default: beside the input, adapted.pt -> adapted.onnx)
-  atol=        the largest difference from PyTorch accepted when checking the export (default 1e-5)"""
-
-KEYS = ("model", "checkpoint", "format", "output", "atol")
+PROG = "maml-export"
+USAGE = f"usage: maml-export (model=ADAPTED.pt | checkpoint=PATH) format={'|'.join(FORMATS)} [output=PATH] [atol=1e-5]"
+OPTIONS = (
+    Option("model", "an adapted model (maml-adapt, AdaptedModel.save): the network adapted to one task"),
+    Option("checkpoint", "a maml-train checkpoint: the meta-learned initialisation, for adapting elsewhere"),
+    Option("format", "onnx (needs pip install 'maml-cli[export]'), torchscript, or pt2 (torch.export)"),
+    Option("output", "where to write (default: beside the input, adapted.pt -> adapted.onnx)"),
+    Option("atol", "the largest difference from PyTorch accepted when checking the export (default 1e-5)"),
+)
 VERIFY_BATCHES = (3, 7)
 
 
-def parse(argv: list[str]) -> dict[str, str]:
-    """``key=value`` arguments as a dict; unknown, repeated or malformed ones are a :class:`ConfigError`."""
-    args: dict[str, str] = {}
-    for arg in argv:
-        key, equals, value = arg.partition("=")
-        if not equals or not value:
-            raise ConfigError(f"arguments are key=value, got {arg!r}; see maml-export --help")
-        if key not in KEYS:
-            close = difflib.get_close_matches(key, KEYS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown argument {key!r}{hint}; maml-export takes {', '.join(KEYS)}")
-        if key in args:
-            raise ConfigError(f"{key}= is given twice")
-        args[key] = value
+def check_arguments(args: dict[str, str]) -> dict[str, str]:
+    """The combinations ``key=value`` parsing alone cannot check."""
+    from maml_cli.deploy.export import check_format
+
     if ("model" in args) == ("checkpoint" in args):
         raise ConfigError("give one of model=ADAPTED.pt (an adapted model) or checkpoint=PATH (its initialisation)")
     if "format" not in args:
@@ -61,7 +49,10 @@ def parse(argv: list[str]) -> dict[str, str]:
 
 def export(args: dict[str, str]) -> str:
     """Load, export, verify; the line to print."""
+    import torch
+
     from maml_cli.deploy import load, load_adapted
+    from maml_cli.deploy.export import default_path, export_network, verify_export
 
     try:
         atol = float(args.get("atol", "1e-5"))
@@ -91,22 +82,19 @@ def export(args: dict[str, str]) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if any(arg in ("-h", "--help") for arg in argv):
-        print(USAGE)
-        return
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
-        print(USAGE, file=sys.stderr)
-        sys.exit(2)
-    try:
-        print(export(parse(argv)), flush=True)
-    except MamlError as exc:
-        if os.environ.get("MAML_DEBUG") == "1":
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        print(USAGE + f"\nsee {PROG} --help", file=sys.stderr)
+        return 2
+
+    def body() -> None:
+        args = parse_arguments(PROG, argv, OPTIONS, USAGE)
+        if args is not None:
+            print(export(check_arguments(args)), flush=True)
+
+    return run(PROG, body)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

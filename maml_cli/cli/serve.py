@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 
 import maml_cli.cli  # noqa: F401  (OpenMP's wait policy, before torch loads)
-from maml_cli.cli.predict import Option, device_of, parse_arguments, run
+from maml_cli.cli.key_values import Option, device_of, parse_arguments, run
 from maml_cli.errors import ConfigError
 
 PROG = "maml-serve"
