@@ -323,3 +323,21 @@ def test_an_error_raised_by_a_resolver_is_reported_as_itself():
     with pytest.raises(Exception) as info:
         cfg.model.in_features  # noqa: B018 - resolving is the point
     assert describe(info.value) == "table t.csv not found; set dataset.path to a CSV or Parquet file"
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "metasgd", "anil-zero-head"])
+def test_adapting_one_task_alone_equals_adapting_it_among_others(algorithm):
+    from maml_cli.algorithms import MetaSGD
+
+    batch = image_batch(tasks=2, ways=3, shots=2, query=3, size=8)
+    model = user_net("batch2d", dropout=0.3)
+    algo = {
+        "maml": lambda: MAML(model, cross_entropy, lr=LR, grad_clip=5.0),
+        "metasgd": lambda: MetaSGD(model, cross_entropy, lr=LR),
+        "anil-zero-head": lambda: ANIL(model, cross_entropy, lr=LR, zero_head=True),
+    }[algorithm]()
+    alone = algo.adapt(batch.support_x[:1], batch.support_y[:1], steps=3)  # one task: no vmap
+    among = algo.adapt(batch.support_x, batch.support_y, steps=3)  # under vmap
+    assert alone.keys() == among.keys()
+    for key in alone:
+        torch.testing.assert_close(alone[key][0], among[key][0], rtol=1e-10, atol=1e-12)
