@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from maml_cli.cli.key_values import Option, device_of, parse_arguments, run
+from maml_cli.cli.key_values import Option, command, device_of
 from maml_cli.cli.predict import check_output, read_inputs, write_predictions
 from maml_cli.errors import ConfigError
 
@@ -116,14 +116,7 @@ def _adapt(args: dict[str, str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-
-    def body() -> None:
-        args = parse_arguments(PROG, argv, OPTIONS, USAGE)
-        if args is not None:
-            _adapt(args)
-
-    return run(PROG, body)
+    return command(PROG, OPTIONS, USAGE, _adapt, argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from maml_cli.cli.key_values import Option, parse_arguments, run
+from maml_cli.cli.key_values import Option, command
 from maml_cli.deploy.export import FORMATS
 from maml_cli.errors import ConfigError
 
@@ -87,13 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv:
         print(USAGE + f"\nsee {PROG} --help", file=sys.stderr)
         return 2
-
-    def body() -> None:
-        args = parse_arguments(PROG, argv, OPTIONS, USAGE)
-        if args is not None:
-            print(export(check_arguments(args)), flush=True)
-
-    return run(PROG, body)
+    return command(PROG, OPTIONS, USAGE, lambda args: print(export(check_arguments(args)), flush=True), argv)
 
 
 if __name__ == "__main__":

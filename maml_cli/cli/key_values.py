@@ -81,6 +81,19 @@ def run(prog: str, body: Callable[[], None]) -> int:
         logger.setLevel(level)
 
 
+def command(prog: str, options: Sequence[Option], usage: str, action: Callable[[dict[str, str]], None], argv) -> int:
+    """A command's ``main``: parse ``argv`` (default ``sys.argv[1:]``), run ``action`` on the
+    arguments (not after ``--help``); the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    def body() -> None:
+        args = parse_arguments(prog, argv, options, usage)
+        if args is not None:
+            action(args)
+
+    return run(prog, body)
+
+
 def device_of(value: str | None):
     """The torch device ``device=`` names (default cpu), one line if it names none."""
     import torch

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from maml_cli.cli.key_values import Option, device_of, parse_arguments, run
+from maml_cli.cli.key_values import Option, command, device_of
 from maml_cli.errors import ConfigError, MamlError
 
 if TYPE_CHECKING:
@@ -163,14 +163,7 @@ def _predict(args: dict[str, str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-
-    def body() -> None:
-        args = parse_arguments(PROG, argv, OPTIONS, USAGE)
-        if args is not None:
-            _predict(args)
-
-    return run(PROG, body)
+    return command(PROG, OPTIONS, USAGE, _predict, argv)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 
 import maml_cli.cli  # noqa: F401  (OpenMP's wait policy, before torch loads)
-from maml_cli.cli.key_values import Option, device_of, parse_arguments, run
+from maml_cli.cli.key_values import Option, command, device_of
 from maml_cli.errors import ConfigError
 
 PROG = "maml-serve"
@@ -120,14 +120,7 @@ def _serve(args: dict[str, str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-
-    def body() -> None:
-        args = parse_arguments(PROG, argv, OPTIONS, USAGE)
-        if args is not None:
-            _serve(args)
-
-    return run(PROG, body)
+    return command(PROG, OPTIONS, USAGE, _serve, argv)
 
 
 if __name__ == "__main__":
