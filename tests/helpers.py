@@ -71,3 +71,26 @@ class Tiny(nn.Module):
 
     def forward(self, x):
         return self.out(torch.tanh(self.hidden(x)))
+
+
+def write_untrained_checkpoint(path: Path, overrides, inputs: dict, shape) -> tuple[Path, nn.Module]:
+    """A checkpoint as maml-train writes one, of the untrained model ``overrides`` describe (seed 0):
+    what deployment reads, with no data and no training. Returns its path and the algorithm."""
+    from omegaconf import OmegaConf
+
+    from maml_cli.engine.build import build_algorithm, build_model
+    from maml_cli.engine.checkpoint import FORMAT_VERSION, save_checkpoint
+
+    cfg = compose_train(*overrides)
+    torch.manual_seed(0)
+    model = build_model(cfg, torch.device("cpu"), tuple(shape))
+    algorithm = build_algorithm(cfg, model, torch.nn.functional.cross_entropy)
+    state = {
+        "format_version": FORMAT_VERSION,
+        "step": 7,
+        "model": algorithm.state_dict(),
+        "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        "inputs": inputs,
+    }
+    save_checkpoint(state, path)
+    return Path(path), algorithm

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 import maml_cli
-from maml_cli.engine.build import build_algorithm, build_model
-from maml_cli.engine.checkpoint import FORMAT_VERSION, save_checkpoint
 from maml_cli.errors import ConfigError
 
-from .helpers import compose_train, image_batch
+from .helpers import image_batch, write_untrained_checkpoint
 
 SIZE, WAYS = 16, 3
 SPEC = {
@@ -25,7 +22,7 @@ SPEC = {
 
 def checkpoint(tmp_path, *overrides: str):
     """A checkpoint as maml-train writes one, of an untrained Conv-4 (no data needed to deploy)."""
-    cfg = compose_train(
+    overrides = (
         "dataset=image_folder",
         "dataset.path=/not/needed/to/deploy",
         f"dataset.ways={WAYS}",
@@ -35,19 +32,7 @@ def checkpoint(tmp_path, *overrides: str):
         "model.hidden=4",
         *overrides,
     )
-    torch.manual_seed(0)
-    model = build_model(cfg, torch.device("cpu"), (1, SIZE, SIZE))
-    algorithm = build_algorithm(cfg, model, torch.nn.functional.cross_entropy)
-    state = {
-        "format_version": FORMAT_VERSION,
-        "step": 7,
-        "model": algorithm.state_dict(),
-        "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-        "inputs": SPEC,
-    }
-    path = tmp_path / "best.pt"
-    save_checkpoint(state, path)
-    return path, algorithm
+    return write_untrained_checkpoint(tmp_path / "best.pt", overrides, SPEC, (1, SIZE, SIZE))
 
 
 def test_adapted_predictions_are_what_evaluation_scores_and_survive_a_round_trip(tmp_path):

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
 if os.environ.get("CI", "").lower() != "true":  # CI installs [serve]: there a missing extra fails
@@ -32,10 +31,8 @@ import maml_cli  # noqa: E402
 from maml_cli.deploy.inputs import read_images, read_support_folder  # noqa: E402
 from maml_cli.deploy.model import AdaptedModel  # noqa: E402
 from maml_cli.deploy.serve import ServeSettings, create_app  # noqa: E402
-from maml_cli.engine.build import build_algorithm, build_model  # noqa: E402
-from maml_cli.engine.checkpoint import FORMAT_VERSION, save_checkpoint  # noqa: E402
 
-from .helpers import BIN, compose_train  # noqa: E402
+from .helpers import BIN, write_untrained_checkpoint  # noqa: E402
 
 SIZE, WAYS = 16, 3
 CLASSES = ["cat", "dog", "emu"]
@@ -48,19 +45,7 @@ SPEC = {
 
 
 def _write_checkpoint(path: Path, overrides: list[str], spec: dict, shape: tuple[int, ...]) -> Path:
-    cfg = compose_train(*overrides)
-    torch.manual_seed(0)
-    model = build_model(cfg, torch.device("cpu"), shape)
-    algorithm = build_algorithm(cfg, model, torch.nn.functional.cross_entropy)
-    state = {
-        "format_version": FORMAT_VERSION,
-        "step": 7,
-        "model": algorithm.state_dict(),
-        "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-        "inputs": spec,
-    }
-    save_checkpoint(state, path)
-    return path
+    return write_untrained_checkpoint(path, overrides, spec, shape)[0]
 
 
 @pytest.fixture(scope="module")
