@@ -20,8 +20,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from maml_cli.data.image_files import (
     IMAGE_SUFFIXES,
     IMAGENET_STATS,
@@ -34,21 +32,14 @@ from maml_cli.data.image_files import (
     split_file,
 )
 from maml_cli.data.images import FewShotImageTasks, ImageCache
+from maml_cli.data.splits import cut_by_ratios
 from maml_cli.errors import ConfigError, MamlError
 
 
 def ratio_split(names: Sequence[str], ratios: Sequence[float], split_seed: int) -> dict[str, list[str]]:
-    """``names`` permuted with ``split_seed`` and cut in the proportions ``ratios``."""
-    ratios = [float(r) for r in ratios]
-    if len(ratios) != 3 or min(ratios) < 0 or sum(ratios) <= 0:
-        raise ConfigError(
-            f"dataset.split_ratios must be three fractions >= 0 (train, val, test), e.g. [0.64,0.16,0.2], got {ratios}"
-        )
-    total, count = sum(ratios), len(names)
-    first, second = round(count * ratios[0] / total), round(count * (ratios[0] + ratios[1]) / total)
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(split_seed)).tolist()
-    shuffled = [names[i] for i in order]
-    splits = {"train": shuffled[:first], "val": shuffled[first:second], "test": shuffled[second:]}
+    """``names`` permuted with ``split_seed`` and cut in the proportions ``ratios``; no split empty."""
+    splits = cut_by_ratios(names, ratios, split_seed)
+    count, ratios = len(names), [float(r) for r in ratios]
     for split, classes in splits.items():
         if not classes:
             raise ConfigError(

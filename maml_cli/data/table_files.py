@@ -41,6 +41,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from maml_cli.data.splits import cut_by_ratios
 from maml_cli.errors import ConfigError, MamlError
 
 log = logging.getLogger("maml_cli")
@@ -179,14 +180,8 @@ def split_tasks(names, train_tasks, val_tasks, test_tasks, split_ratios, split_s
                 "table: %d of %d tasks are in none of dataset.train/val/test_tasks and are not used", left, len(names)
             )
         return splits
-    ratios = [float(r) for r in split_ratios]
-    if len(ratios) != 3 or min(ratios) < 0 or sum(ratios) <= 0:
-        raise ConfigError(f"dataset.split_ratios must be three fractions >= 0 (train, val, test), got {ratios}")
-    total, count = sum(ratios), len(names)
-    first, second = round(count * ratios[0] / total), round(count * (ratios[0] + ratios[1]) / total)
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(int(split_seed))).tolist()
-    shuffled = [names[i] for i in order]
-    splits = {"train": shuffled[:first], "val": shuffled[first:second], "test": shuffled[second:]}
+    splits = cut_by_ratios(names, split_ratios, split_seed)
+    count, ratios = len(names), [float(r) for r in split_ratios]
     for split, tasks in splits.items():
         if not tasks:
             raise ConfigError(
