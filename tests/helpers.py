@@ -94,3 +94,19 @@ def write_untrained_checkpoint(path: Path, overrides, inputs: dict, shape) -> tu
     }
     save_checkpoint(state, path)
     return Path(path), algorithm
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file as dicts by column name."""
+    import csv
+
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def one_error_line(capsys) -> str:
+    """The one ``error:`` line a command printed on stderr, last; fails if there are others."""
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("error:")]
+    assert len(errors) == 1 and err[-1] == errors[0], err
+    return errors[0]

@@ -8,7 +8,6 @@ everything else calls the commands' ``main(argv)`` in-process.
 
 from __future__ import annotations
 
-import csv
 import math
 import shutil
 from pathlib import Path
@@ -24,7 +23,7 @@ from maml_cli.deploy.model import MetaModel
 from maml_cli.engine import Trainer
 
 from .fixtures_images import codes_of, colour, image_folder, image_folder_class, write_image
-from .helpers import TINY, compose_train, run_cli
+from .helpers import TINY, compose_train, csv_rows, one_error_line, run_cli
 
 IMAGE_RUN = (
     "experiment=image_folder",
@@ -85,18 +84,6 @@ def _sinusoid_csvs(folder: Path) -> tuple[Path, Path]:
     return support, query
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as file:
-        return list(csv.DictReader(file))
-
-
-def _error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith("error:")]
-    assert len(errors) == 1 and err[-1] == errors[0], err
-    return errors[0]
-
-
 # -- the commands, end to end ----------------------------------------------------------------------
 
 
@@ -113,7 +100,7 @@ def test_adapt_a_support_folder_then_predict_a_folder(image_run, tmp_path):
     proc = run_cli("maml-predict", "model=adapted.pt", f"inputs={query}", "output=out/p.csv", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0].startswith("4 inputs: class_00 ") and "wrote out/p.csv" in proc.stdout
-    rows = _rows(tmp_path / "out/p.csv")
+    rows = csv_rows(tmp_path / "out/p.csv")
     classes = [image_folder_class(c) for c in range(4)]
     assert list(rows[0]) == ["input", "prediction", *(f"p_{c}" for c in classes)]
     assert [r["input"] for r in rows] == [str(query / f"{c}.png") for c in classes]
@@ -135,7 +122,7 @@ def test_adapt_a_csv_then_predict_a_csv_in_process(sinusoid_run, tmp_path, monke
     assert "10 support rows in 2 steps" in out and "support mse" in out and "wrote sin.pt" in out
     assert predict_cli.main(["model=sin.pt", f"inputs={query}"]) == 0
     assert capsys.readouterr().out.startswith("5 inputs: mean prediction ")
-    rows = _rows(tmp_path / "predictions.csv")
+    rows = csv_rows(tmp_path / "predictions.csv")
     assert list(rows[0]) == ["input", "x", "prediction"] and [r["input"] for r in rows] == [f"q{i}" for i in range(5)]
     x, _, ids = read_csv(query, maml_cli.load_adapted("sin.pt").inputs, with_target=False)
     expected = maml_cli.load_adapted("sin.pt").predict(x)[:, 0]
@@ -156,14 +143,14 @@ def test_adapt_with_inputs_predicts_in_one_go(image_run, tmp_path, monkeypatch, 
     out = capsys.readouterr().out
     assert "2 inputs: class_03 " in out and "wrote one_go.csv" in out
     assert not (tmp_path / "adapted.pt").exists()  # no output= given: no adapted model written
-    rows = _rows(tmp_path / "one_go.csv")
+    rows = csv_rows(tmp_path / "one_go.csv")
     assert [r["input"] for r in rows] == [str(tmp_path / "query/class_04.png"), str(tmp_path / "query/class_03.png")]
 
     # output= as well: both files, and the adapted model predicts what the one-go run wrote
     assert adapt_cli.main([*argv, "output=a.pt"]) == 0
     comma = f"inputs={tmp_path / 'query/class_04.png'},{tmp_path / 'query/class_03.png'}"
     assert predict_cli.main(["model=a.pt", comma, "output=later.csv"]) == 0
-    later = _rows(tmp_path / "later.csv")
+    later = csv_rows(tmp_path / "later.csv")
     assert [r["p_class_03"] for r in later] == [r["p_class_03"] for r in rows]
 
 
@@ -241,7 +228,7 @@ def image_task(image_run, tmp_path, monkeypatch):
 
 def _fails(capsys, main, argv, *fragments) -> str:
     assert main(argv) == 1
-    line = _error(capsys)
+    line = one_error_line(capsys)
     for fragment in fragments:
         assert fragment in line, line
     return line

@@ -5,7 +5,6 @@ bad rows named. Three tiny runs are trained once for the module, in-process."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from maml_cli.engine import Trainer
 from maml_cli.engine.checkpoint import load_checkpoint
 from maml_cli.errors import ConfigError, MamlError
 
-from .helpers import compose_train
+from .helpers import compose_train, csv_rows, one_error_line
 from .test_table_dataset import MOLECULE_SPLITS, molecule_table, sensor_table, write
 
 SMALL = (
@@ -94,18 +93,6 @@ def _lines(path: Path, rows, header: str | None = None) -> str:
     return "\n".join([header or lines[0], *(lines[1 + i] for i in rows)]) + "\n"
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as file:
-        return list(csv.DictReader(file))
-
-
-def _error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith("error:")]
-    assert len(errors) == 1 and err[-1] == errors[0], err
-    return errors[0]
-
-
 # -- the encoding ---------------------------------------------------------------------------------
 
 
@@ -169,7 +156,7 @@ def test_adapt_and_predict_a_regression_table(regression, tmp_path, capsys):
     predictions = tmp_path / "p.csv"
     assert predict_cli.main([f"model={adapted_path}", f"inputs={query}", f"output={predictions}"]) == 0
     assert capsys.readouterr().out.startswith(f"{len(rows) - 5} inputs: mean prediction ")
-    written = _rows(predictions)
+    written = csv_rows(predictions)
     assert list(written[0]) == ["input", "prediction"] and [r["input"] for r in written] == list(query_frame.id)
     adapted = maml_cli.load_adapted(adapted_path)
     x, _, _ = read_csv(query, spec, with_target=False)
@@ -191,7 +178,7 @@ def test_classification_is_named_by_the_original_class_values(classification, tm
     assert adapt_cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "6 support" in out and "of 2 classes (False, True)" in out and "support accuracy" in out
-    written = _rows(predictions)
+    written = csv_rows(predictions)
     assert list(written[0]) == ["input", "prediction", "p_False", "p_True"]
     assert {r["prediction"] for r in written} <= {"False", "True"} and len(written) == len(rows) - 6
     meta = maml_cli.load(checkpoint)
@@ -217,7 +204,7 @@ def test_molecules_adapt_and_predict_with_real_smiles(molecules, tmp_path, capsy
     argv = [f"checkpoint={checkpoint}", f"support={tmp_path / 'support.csv'}", f"inputs={tmp_path / 'query.csv'}"]
     assert adapt_cli.main([*argv, f"predictions={predictions}", f"output={tmp_path / 'a.pt'}"]) == 0
     assert "of 2 classes (0, 1)" in capsys.readouterr().out
-    written = _rows(predictions)
+    written = csv_rows(predictions)
     assert list(written[0]) == ["input", "prediction", "p_0", "p_1"] and len(written) == 8
     assert [r["input"] for r in written] == list(query.id)
     x, _, _ = read_csv(tmp_path / "query.csv", maml_cli.load(checkpoint).inputs, with_target=False)
@@ -237,7 +224,7 @@ def test_bad_rows_are_named_and_gaps_filled_as_training_did(regression, molecule
 
     file.write_text("temperature,mount,windy,zone\n1,roof,True,1\n")
     assert adapt_cli.main([f"checkpoint={checkpoint}", f"support={file}", "output=" + str(tmp_path / "a.pt")]) == 1
-    error = _error(capsys)
+    error = one_error_line(capsys)
     assert "lacks column(s) humidity, reading" in error and "other columns are ignored" in error
     assert not (tmp_path / "a.pt").exists()
 
