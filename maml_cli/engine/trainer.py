@@ -433,7 +433,9 @@ def _graceful_stop(trainer: Trainer):
             raise KeyboardInterrupt
         trainer._stop_signal = signum
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # SIGUSR2: submitit's timeout/preemption signal (hydra/launcher=submitit_*). Its handler, put back
+    # below, is called after last.pt is saved: it requeues the job (maml_cli/cli/launchers.py).
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)}
     try:
         yield
     finally:
