@@ -7,7 +7,7 @@ accuracy higher; accuracy in percent) with the swept parameters, steps, wall tim
 job failed or diverged, then the ``maml-train`` line that runs the best config once. Writes, in the
 sweep dir, ``sweep_report.csv`` (every trial), ``sweep_report.png`` (the metric against each swept
 parameter) and ``tb_hparams/`` (TensorBoard's HParams tab: ``tensorboard --logdir DIR``).
-The reading and drawing are in :mod:`maml_cli.engine.sweep_results`; this is the command line.
+The reading and drawing are in :mod:`maml_cli.sweeps.report`; this is the command line.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _with_dir(argv: list[str]) -> list[str]:
 
 def report(args: dict[str, str]) -> str:
     """Read the sweep, write the CSV, figure and HParams logs; the text to print."""
-    from maml_cli.engine import sweep_results as results
+    from maml_cli.sweeps import report as results
 
     if "dir" not in args:
         raise ConfigError(f"say which sweep: {PROG} DIR (a multirun's hydra.sweep.dir)")
