@@ -198,7 +198,7 @@ def hide_plugin(tmp_path: Path, plugin: str) -> dict[str, str]:
     folder that links every installed plugin but this one."""
     shadow = tmp_path / "hydra_plugins_without" / plugin
     shadow.mkdir(parents=True)
-    for folder in hydra_plugins.__path__:
+    for folder in dict.fromkeys(hydra_plugins.__path__):  # a source checkout's may be there twice
         for entry in Path(folder).iterdir():
             if entry.name != plugin and not entry.name.startswith("__"):
                 (shadow / entry.name).symlink_to(entry)

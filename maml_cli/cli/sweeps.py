@@ -64,6 +64,16 @@ PLUGINS = {
         "hydra_plugins.hydra_optuna_sweeper",
     ),
     ("launcher", "joblib"): ("the joblib launcher (hydra-joblib-launcher)", "hydra_plugins.hydra_joblib_launcher"),
+    # configs/hydra/launcher/ has these two, so Hydra finds them without the plugin: the check is
+    # at the start of the multirun (check_launcher), before anything is written.
+    ("launcher", "submitit_local"): (
+        "the submitit launcher (hydra-submitit-launcher)",
+        "hydra_plugins.hydra_submitit_launcher",
+    ),
+    ("launcher", "submitit_slurm"): (
+        "the submitit launcher (hydra-submitit-launcher)",
+        "hydra_plugins.hydra_submitit_launcher",
+    ),
 }
 
 
@@ -345,6 +355,7 @@ class SweepReport(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         optuna = _is_optuna(config)
         try:
+            check_launcher(config)
             if optuna:
                 _check_search_space(config)
                 _check_direction(config)
@@ -382,17 +393,31 @@ class SweepReport(Callback):
 # -- the [sweep] extra -------------------------------------------------------------------------
 
 
-def missing_plugin(message: str) -> str | None:
-    """For Hydra's "Could not find 'hydra/sweeper/optuna'" when the plugin is not installed: a
-    one-line error that says how to install it; ``None`` for any other message."""
-    match = re.search(r"Could not find 'hydra/(sweeper|launcher)/(\w+)'", message)
-    if not match or (match[1], match[2]) not in PLUGINS:
+def _not_installed(group: str, option: str) -> str | None:
+    """The one-line error for ``hydra/<group>=<option>`` when its plugin is not installed, else ``None``."""
+    if (group, option) not in PLUGINS:
         return None
-    what, module = PLUGINS[(match[1], match[2])]
+    what, module = PLUGINS[(group, option)]
     try:
         installed = importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         installed = False
     if installed:
         return None
-    return f"hydra/{match[1]}={match[2]} needs {what}, which is not installed: {INSTALL_HINT}"
+    return f"hydra/{group}={option} needs {what}, which is not installed: {INSTALL_HINT}"
+
+
+def missing_plugin(message: str) -> str | None:
+    """For Hydra's "Could not find 'hydra/sweeper/optuna'" when the plugin is not installed: a
+    one-line error that says how to install it; ``None`` for any other message."""
+    match = re.search(r"Could not find 'hydra/(sweeper|launcher)/(\w+)'", message)
+    return _not_installed(match[1], match[2]) if match else None
+
+
+def check_launcher(config: DictConfig) -> None:
+    """The launcher configs that ship in ``configs/hydra/launcher/`` compose without their plugin,
+    which only Hydra's plugin lookup would miss (with an "Unknown plugin class" traceback)."""
+    choice = OmegaConf.select(config, "hydra.runtime.choices", default=None) or {}
+    error = _not_installed("launcher", str(choice.get("hydra/launcher", "")))
+    if error:
+        raise ConfigError(error)
