@@ -129,6 +129,7 @@ class Client:
             connection.request(method, path, body=body, headers=headers, **kwargs)
             response = connection.getresponse()
             data = response.read()
+            self.last_headers = {k.lower(): v for k, v in response.getheaders()}
         finally:
             connection.close()
         kind = response.getheader("content-type", "")
@@ -188,7 +189,10 @@ def tiny_png(width: int, height: int) -> bytes:
 
 def test_adapt_predict_delete_over_http_as_maml_adapt_does_from_files(files, meta):
     with serving(meta) as client:
-        assert client.request("GET", "/health") == (200, {"status": "ok", "tasks": 0, "max_tasks": 256, "evicted": 0})
+        assert client.request("GET", "/health") == (
+            200,
+            {"status": "ok", "tasks": 0, "max_tasks": 256, "evicted": 0, "jobs": 0, "refused": 0},
+        )
         status, info = client.request("GET", "/info")
         assert status == 200 and info["algorithm"] == "MAML" and info["ways"] == WAYS
         assert info["input_shape"] == [1, SIZE, SIZE] and info["steps"] == 2 and info["takes_images"]
@@ -305,7 +309,40 @@ def test_the_least_recently_used_task_is_evicted(files, meta):
         assert_one_line_error(*client.files(f"/tasks/{ids[1]}/predict", query_fields(files)), 404, "evicted")
         assert client.files(f"/tasks/{ids[0]}/predict", query_fields(files))[0] == 200
         assert client.files(f"/tasks/{ids[2]}/predict", query_fields(files))[0] == 200
-        assert client.request("GET", "/health")[1] == {"status": "ok", "tasks": 2, "max_tasks": 2, "evicted": 1}
+        health = client.request("GET", "/health")[1]
+        assert {k: health[k] for k in ("status", "tasks", "max_tasks", "evicted")} == {
+            "status": "ok",
+            "tasks": 2,
+            "max_tasks": 2,
+            "evicted": 1,
+        }
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_the_queued_jobs_still_finish(files, meta, monkeypatch):
+    """One worker and max_queue=1: with one adaptation running and one waiting, a third request is
+    refused at once (503, Retry-After, one line); the two admitted ones complete once it unblocks."""
+    release = threading.Event()
+    adapt = type(meta).adapt
+
+    def slow_adapt(self, *args, **kwargs):
+        assert release.wait(30), "the test never released the worker"
+        return adapt(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(meta), "adapt", slow_adapt)
+    with serving(meta, workers=1, max_queue=1) as client:
+        with ThreadPoolExecutor(2) as pool:
+            admitted = [pool.submit(client.files, "/tasks", support_fields(files), {"steps": "1"}) for _ in range(2)]
+            deadline = time.monotonic() + 20
+            while client.request("GET", "/health")[1]["jobs"] < 2:
+                assert time.monotonic() < deadline, "the two requests never reached the workers"
+                time.sleep(0.02)
+            status, body = client.files("/tasks", support_fields(files), {"steps": "1"})
+            assert_one_line_error(status, body, 503, "busy", "max_queue=1", "retry")
+            assert client.last_headers.get("retry-after") == "1"
+            release.set()
+            assert [f.result()[0] for f in admitted] == [200, 200]
+        health = client.request("GET", "/health")[1]
+        assert (health["jobs"], health["refused"], health["tasks"]) == (0, 1, 2)
 
 
 def test_concurrent_requests_adapt_each_task_alone(files, meta):
@@ -335,8 +372,12 @@ def test_maml_serve_runs_the_server_and_says_a_missing_extra_in_one_line(files, 
     from maml_cli.cli import serve
 
     assert serve.main(["--help"]) == 0 and "max_tasks=VALUE" in capsys.readouterr().out
-    assert serve.main(["checkpoint=x", "serve.max_tasks=3"]) == 1
-    assert "unknown argument 'serve.max_tasks'" in capsys.readouterr().err
+    assert serve.main(["checkpoint=x", "serve.max_taks=3"]) == 1  # serve.max_tasks is max_tasks: both spellings
+    assert "unknown argument 'max_taks' (did you mean 'max_tasks'?)" in capsys.readouterr().err
+    assert serve.main([f"checkpoint={files['checkpoint']}", "serve.max_tasks=0"]) == 1
+    assert "max_tasks must be a whole number >= 1" in capsys.readouterr().err
+    assert serve.main([f"checkpoint={files['checkpoint']}", "compile=maybe"]) == 1
+    assert "compile=maybe must be true or false" in capsys.readouterr().err
     assert serve.main([f"checkpoint={files['checkpoint']}", "workers=0"]) == 1
     assert "workers must be a whole number >= 1" in capsys.readouterr().err
     with monkeypatch.context() as patch:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import fields
 
@@ -28,6 +29,8 @@ OPTIONS = (
     Option("port", "port to listen on (default 8000; 0 picks a free one)"),
     Option("max_tasks", "adapted tasks kept, least recently used dropped first (default 256)"),
     Option("workers", "threads that adapt and predict, one torch thread each (default 2)"),
+    Option("compile", "true: compile the default adaptation at start (torch.compile; small models, ~8x faster)"),
+    Option("max_queue", "jobs that may wait for a worker; more are answered 503 with Retry-After (default 64)"),
     Option("max_steps", "most inner steps a task may ask for (default 100)"),
     Option("max_support", "most examples in one support set (default 250)"),
     Option("max_inputs", "most inputs in one predict request (default 256)"),
@@ -42,7 +45,8 @@ usage: maml-serve checkpoint=RUN/checkpoints/best.pt [host=127.0.0.1] [port=8000
 
 Serve a meta-trained model over HTTP: POST /tasks (a support set) adapts and answers a task id,
 POST /tasks/ID/predict predicts, DELETE /tasks/ID, GET /info, GET /health; a page at / to try it.
-Keys are plain (max_tasks=64, not serve.max_tasks=64). Needs the [serve] extra: {EXTRA}
+Keys may carry the "serve." of the settings' name (serve.max_tasks=64 is max_tasks=64).
+Needs the [serve] extra: {EXTRA}
 """
 
 
@@ -76,6 +80,12 @@ def settings_of(args: dict[str, str]):
         if f.name in ("host", "token"):
             values[f.name] = args[f.name]
             continue
+        if f.name == "compile":
+            flag = args[f.name].lower()
+            if flag not in ("true", "false", "1", "0", "yes", "no"):
+                raise ConfigError(f"compile={args[f.name]} must be true or false")
+            values[f.name] = flag in ("true", "1", "yes")
+            continue
         try:
             values[f.name] = int(args[f.name].replace("_", ""))
         except ValueError:
@@ -106,7 +116,12 @@ def _serve(args: dict[str, str]) -> None:
     settings = settings_of(args)
     meta = load(args["checkpoint"], device_of(args.get("device")))
     torch_threads_per_worker()
+    if settings.compile:
+        print(f"compiling the {meta.steps}-step adaptation for each of {settings.workers} workers ...", flush=True)
+    started = time.perf_counter()
     app = create_app(meta, settings)
+    if settings.compile:
+        print(f"compiled in {time.perf_counter() - started:.1f} s", flush=True)
     info = meta.info()
     print(
         f"serving {args['checkpoint']} ({info['algorithm']}, {info['problem']}, input {info['input_shape']}, "
@@ -120,6 +135,9 @@ def _serve(args: dict[str, str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The README and issues name the settings serve.max_tasks, serve.token ...: both spellings work.
+    argv = [arg.removeprefix("serve.") for arg in argv]
     return command(PROG, OPTIONS, USAGE, _serve, argv)
 
 

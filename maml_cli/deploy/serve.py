@@ -20,8 +20,11 @@ Adapted tasks live in a bounded LRU cache (``max_tasks``): the least recently us
 dropped when a new one would exceed it, and its id answers 404. Adaptation, decoding and
 prediction run off the event loop in ``workers`` threads, each with its own copy of the model
 (``torch.func.functional_call`` swaps a module's parameters while it runs, so one module cannot
-adapt two tasks at once). Every limit answers 4xx with one line, ``{"error": "..."}``; anything
-unexpected is logged with its traceback and answered 500 with one line, never the traceback.
+adapt two tasks at once). At most ``max_queue`` jobs wait for a worker; one more is answered 503
+with ``Retry-After`` at once, so a burst costs its senders a retry instead of every client a
+timeout and the server its memory (each waiting job holds its decoded inputs). Every limit
+answers 4xx with one line, ``{"error": "..."}``; anything unexpected is logged with its
+traceback and answered 500 with one line, never the traceback.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class ServeSettings:
     port: int = 8000
     max_tasks: int = 256  # adapted tasks kept (LRU)
     workers: int = 2  # threads that adapt and predict, each with one torch thread under maml-serve
+    max_queue: int = 64  # jobs waiting for a worker; beyond that a request is answered 503 (Retry-After)
     max_steps: int = 100  # inner steps a task may ask for
     max_support: int = 250  # examples in one support set
     max_inputs: int = 256  # inputs in one predict request
@@ -78,12 +82,18 @@ class ServeSettings:
     max_pixels: int = 16_000_000  # width x height of one image, read from its header before decoding
     max_body_bytes: int = 64 * 2**20  # one request, by Content-Length and while it streams in
     token: str | None = None  # when set, every path but / and /health needs "Authorization: Bearer <token>"
+    compile: bool = False  # compile each worker's default adaptation at start (MetaModel.compile): small models
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name not in ("host", "token", "port") and (not isinstance(value, int) or value < 1):
-                raise MamlError(f"{f.name} must be a whole number >= 1, got {value!r}")
+            least = 0 if f.name == "max_queue" else 1
+            if f.name == "compile":
+                if not isinstance(value, bool):
+                    raise MamlError(f"compile must be true or false, got {value!r}")
+                continue
+            if f.name not in ("host", "token", "port") and (not isinstance(value, int) or value < least):
+                raise MamlError(f"{f.name} must be a whole number >= {least}, got {value!r}")
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise MamlError(f"port must be a whole number from 0 to 65535, got {self.port!r}")
 
@@ -92,11 +102,12 @@ class ServeSettings:
 
 
 class ApiError(Exception):
-    """A request the server refuses: its status and one line saying why."""
+    """A request the server refuses: its status, one line saying why, and any headers to send."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -151,13 +162,20 @@ class TaskCache:
 
 
 class Workers:
-    """``count`` threads, each lending one copy of the meta-model to the job it runs."""
+    """``count`` threads, each lending one copy of the meta-model to the job it runs, and a queue
+    of at most ``max_queue`` jobs waiting for them: a job beyond that is refused with a 503."""
 
-    def __init__(self, meta: MetaModel, count: int) -> None:
+    #: Seconds a refused client is told to wait: about one adaptation of the slower built-in models.
+    RETRY_AFTER_S = 1
+
+    def __init__(self, meta: MetaModel, count: int, max_queue: int = 64) -> None:
         self._models: queue.SimpleQueue[MetaModel] = queue.SimpleQueue()
         for i in range(count):
             self._models.put(meta if i == 0 else copy.deepcopy(meta))
         self._pool = ThreadPoolExecutor(count, thread_name_prefix="maml-serve")
+        self.count, self.max_queue = count, max_queue
+        self.pending = 0  # jobs running or waiting; changed only on the event loop's thread
+        self.refused = 0
 
     def _with_model(self, job: Callable[[MetaModel], Any]) -> Any:
         meta = self._models.get()
@@ -167,7 +185,19 @@ class Workers:
             self._models.put(meta)
 
     async def run(self, job: Callable[[MetaModel], Any]) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._with_model, job)
+        if self.pending >= self.count + self.max_queue:
+            self.refused += 1
+            raise ApiError(
+                503,
+                f"the server is busy: {self.pending - self.count} jobs are waiting for its {self.count} workers "
+                f"(max_queue={self.max_queue}); retry in {self.RETRY_AFTER_S} s",
+                {"Retry-After": str(self.RETRY_AFTER_S)},
+            )
+        self.pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, self._with_model, job)
+        finally:
+            self.pending -= 1
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -311,7 +341,7 @@ class _Guard:
                 log.exception("error after the response started: %s %s", scope.get("method"), scope.get("path"))
                 return
             if isinstance(exc, ApiError):
-                return await reply(_error(exc.status, str(exc)))
+                return await reply(_error(exc.status, str(exc), exc.headers))
             log.exception("unexpected error in %s %s", scope.get("method"), scope.get("path"))
             await reply(_error(500, f"internal error ({type(exc).__name__}); the server log has the details"))
 
@@ -320,7 +350,9 @@ def create_app(meta: MetaModel, settings: ServeSettings | None = None) -> FastAP
     """The HTTP API over ``meta`` (see the module's docstring)."""
     settings = settings or ServeSettings()
     tasks = TaskCache(settings.max_tasks)
-    workers = Workers(meta, settings.workers)
+    if settings.compile and meta.steps not in meta.info()["compiled_steps"]:
+        meta.compile()  # before the workers copy it: each copy compiles its own (MetaModel.__deepcopy__)
+    workers = Workers(meta, settings.workers, settings.max_queue)
     image = meta.inputs.get("image") if meta.problem == "classification" else None
 
     @contextlib.asynccontextmanager
@@ -334,7 +366,7 @@ def create_app(meta: MetaModel, settings: ServeSettings | None = None) -> FastAP
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, str(exc))
+        return _error(exc.status, str(exc), exc.headers)
 
     @app.exception_handler(MamlError)
     async def model_error(request: Request, exc: MamlError) -> JSONResponse:
@@ -412,7 +444,14 @@ def create_app(meta: MetaModel, settings: ServeSettings | None = None) -> FastAP
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "tasks": len(tasks), "max_tasks": tasks.capacity, "evicted": tasks.evicted}
+        return {
+            "status": "ok",
+            "tasks": len(tasks),
+            "max_tasks": tasks.capacity,
+            "evicted": tasks.evicted,
+            "jobs": workers.pending,  # running or waiting for a worker
+            "refused": workers.refused,  # answered 503 since the server started
+        }
 
     @app.get("/info")
     async def info() -> dict[str, Any]:
