@@ -115,6 +115,25 @@ def test_a_job_signalled_before_its_timeout_saves_is_requeued_and_resumes_exactl
         assert torch.equal(stopped["model"][name], tensor), name
 
 
+def test_a_job_out_of_requeues_saves_and_ends_with_one_line(tmp_path):
+    # timeout_min=1 makes submitit count the signal as a timeout (its 10-minute margin), and no
+    # timeout may be requeued: the job saves last.pt and the multirun ends with one line, exit 128+12.
+    limits = ("hydra.launcher.timeout_min=1", "hydra.launcher.max_num_timeout=0")
+    sweep = start(["-m", "hydra/launcher=submitit_local", *RUN, *limits, "hydra.sweep.dir=sweep"], tmp_path, "sweep")
+    wait_for(tmp_path / "sweep/0/train.log", "step 25: val", sweep)
+    os.kill(job_process(sweep.pid), signal.SIGUSR2)
+
+    assert sweep.wait(timeout=150) == 128 + signal.SIGUSR2
+    (line,) = error_lines((tmp_path / "sweep.out").read_text())
+    job_dir = tmp_path / "sweep/0"
+    assert line.startswith("error: SIGUSR2: stopped at step ") and line.endswith(
+        f" and saved {job_dir}/checkpoints/last.pt; continue with maml-train hydra.run.dir={job_dir} "
+        "trainer.resume=auto (Job not requeued because: timed-out too many times.)"
+    ), line
+    step = int(line.split("stopped at step ")[1].split()[0])
+    assert load_checkpoint(job_dir / "checkpoints/last.pt")["step"] == step
+
+
 def test_a_launcher_that_is_not_installed_names_the_extra(tmp_path):
     env = {**os.environ, **hide_plugin(tmp_path, "hydra_submitit_launcher")}
     env.pop("HYDRA_FULL_ERROR", None)

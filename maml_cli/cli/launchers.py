@@ -66,10 +66,22 @@ def _preemption_signal() -> int:
     return int(JobEnvironment._usr_sig())
 
 
+class JobFailed(MamlError):
+    """A job's one-line error on its way to the main process, with the job's exit status.
+
+    submitit pickles what a job returns, and an exception unpickles by calling its class with its
+    ``args``: :class:`TrainingInterrupted` needs a second argument, so it would fail there.
+    """
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def _failed(overrides: Sequence[str], error: MamlError) -> JobReturn:
-    """A job's failure as Hydra's sweepers expect it: reading ``return_value`` raises ``error``."""
+    """A job's failure as Hydra's sweepers expect it: reading ``return_value`` raises the error."""
     ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
-    ret.return_value = error
+    ret.return_value = JobFailed(str(error), error.exit_code)
     return ret
 
 
