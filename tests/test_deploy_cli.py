@@ -322,3 +322,19 @@ def test_bad_csvs(sinusoid_run, tmp_path, capsys, text, fragments):
     (tmp_path / "s.csv").write_text(text)
     _fails(capsys, adapt_cli.main, [f"checkpoint={sinusoid_run}", f"support={tmp_path / 's.csv'}"], *fragments)
     assert not Path("adapted.pt").exists()
+
+
+def test_a_reader_that_closes_the_pipe_early_gets_no_traceback():
+    """``maml-predict --help | head -1``: the command's output meets a closed pipe; it stops quietly."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from maml_cli.cli.predict import main; sys.exit(main(['--help']))"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    child.stdout.close()  # before the child, still importing torch, writes a byte
+    err = child.stderr.read().decode()
+    assert child.wait(60) == 141, err
+    assert err == ""

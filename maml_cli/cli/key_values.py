@@ -68,6 +68,9 @@ def run(prog: str, body: Callable[[], None]) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # the reader left (``maml-sweep-report DIR | head``): no traceback, as a pipe expects
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit fails otherwise
+        return 141  # 128 + SIGPIPE, what a shell reports for a command a closed pipe stopped
     except OSError as exc:
         if os.environ.get("MAML_DEBUG") == "1" or not exc.filename:
             raise
