@@ -112,7 +112,7 @@ class IMAML(MAML):
         with torch.enable_grad():
             losses = self._task_losses(fast, x, y, batched)
             names = list(fast)
-            grads = torch.autograd.grad(
+            grads = self.precision.grad(
                 losses.sum(), [fast[k] for k in names], allow_unused=True, materialize_grads=True
             )
         with torch.no_grad():
@@ -197,7 +197,7 @@ class IMAML(MAML):
         leaves = [phi[k] for k in names]
         with torch.enable_grad():
             query_losses = self._task_losses(phi, batch.query_x, batch.query_y, batched)
-            query_grads = torch.autograd.grad(query_losses.sum(), leaves, allow_unused=True, materialize_grads=True)
+            query_grads = self.precision.grad(query_losses.sum(), leaves, allow_unused=True, materialize_grads=True)
         rhs = dict(zip(names, query_grads))
         if self.first_order:
             return rhs, query_losses.detach()
@@ -206,14 +206,15 @@ class IMAML(MAML):
             # The support gradient at phi with its graph: each Hessian-vector product is one more
             # backward through it, and it is the only graph alive, whatever the number of steps.
             support_losses = self._task_losses(phi, batch.support_x, batch.support_y, batched)
-            support_grads = torch.autograd.grad(
+            support_grads = self.precision.grad(
                 support_losses.sum(), leaves, create_graph=True, allow_unused=True, materialize_grads=True
             )
 
         def hvp(v: Params) -> Params:
             with torch.enable_grad():
                 inner = sum((g * v[k]).sum() for k, g in zip(names, support_grads))
-                hv = torch.autograd.grad(inner, leaves, retain_graph=True, allow_unused=True, materialize_grads=True)
+                # Scaled too: the backward runs through the support gradient's fp16 graph.
+                hv = self.precision.grad(inner, leaves, retain_graph=True, allow_unused=True, materialize_grads=True)
             return {k: h.detach() for k, h in zip(names, hv)}
 
         return self._conjugate_gradient(hvp, rhs, batched), query_losses.detach()

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from maml_cli.algorithms.precision import Precision
 from maml_cli.algorithms.task_batching import resolve_task_batching
 from maml_cli.data.tasks import TaskBatch
 from maml_cli.models.batch_norm import prepare_batch_norms, update_running_stats
@@ -104,6 +105,10 @@ class MAML(nn.Module):
             own statistics, always; the MAML paper's convention) or ``running`` (running
             statistics at evaluation, updated by the outer loop only); see
             :mod:`~maml_cli.models.batch_norm`.
+        precision: ``fp32``, ``bf16`` or ``fp16``: the dtype forward passes autocast to, in
+            training, evaluation and adaptation alike; parameters, inner updates and the
+            meta-gradient stay float32, and fp16 scales its losses (see
+            :mod:`~maml_cli.algorithms.precision`).
 
     Modes: :meth:`meta_backward` puts the model in training mode (dropout on) and
     :meth:`evaluate` and :meth:`adapt` in evaluation mode (dropout off). Under ``vmap`` every
@@ -124,8 +129,10 @@ class MAML(nn.Module):
         grad_clip: float | None = None,
         adapt: Sequence[str] | str | None = None,
         batch_norm: str = "batch",
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
+        self.precision = Precision(precision)
         if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and grad_clip > 0):
             raise ValueError(f"inner_loop.grad_clip must be a number > 0 or null (off), got {grad_clip!r}")
         self.grad_clip = None if grad_clip is None else float(grad_clip)
@@ -178,7 +185,9 @@ class MAML(nn.Module):
         """The model's output on one task's inputs with parameters ``params`` (the module's own
         parameters stand in for any that ``params`` leaves out)."""
         buffers = dict(self.model.named_buffers())
-        return functional_call(self.model, (params, buffers), (x,))
+        if self.precision.dtype is None:
+            return functional_call(self.model, (params, buffers), (x,))
+        return self.precision.forward_pass(lambda inputs: functional_call(self.model, (params, buffers), (inputs,)), x)
 
     def batched_forward(self, params: Params, x: Tensor) -> Tensor:
         """Outputs for every task: ``params`` and ``x`` carry a leading task dimension."""
@@ -211,7 +220,7 @@ class MAML(nn.Module):
             losses = self._task_losses(fast, x, y, batched)
             if loss_before is None:
                 loss_before = losses.detach()
-            grads = torch.autograd.grad(
+            grads = self.precision.grad(
                 losses.sum(),
                 [fast[k] for k in names],
                 create_graph=create_graph,
@@ -247,7 +256,7 @@ class MAML(nn.Module):
         for step in range(steps):
             with torch.enable_grad():
                 loss = self._task_losses(fast, x, y, batched=False)
-                grads = torch.autograd.grad(loss, [fast[k] for k in names], allow_unused=True, materialize_grads=True)
+                grads = self.precision.grad(loss, [fast[k] for k in names], allow_unused=True, materialize_grads=True)
                 new = self.inner_update(fast, clip_task_gradients(dict(zip(names, grads)), self.grad_clip, False), step)
             fast = {k: v.detach().requires_grad_(True) for k, v in new.items()}
         return {k: v.detach().unsqueeze(0) for k, v in fast.items()}
@@ -262,7 +271,7 @@ class MAML(nn.Module):
         with torch.enable_grad():
             losses = self._task_losses(fast, x, y, batched=True)
             names = list(fast)
-            grads = torch.autograd.grad(
+            grads = self.precision.grad(
                 losses.sum(), [fast[k] for k in names], allow_unused=True, materialize_grads=True
             )
             new = self.inner_update(fast, clip_task_gradients(dict(zip(names, grads)), self.grad_clip, True), step)
@@ -276,10 +285,17 @@ class MAML(nn.Module):
         ``step`` is the number of meta-steps taken so far; MAML ignores it, variants that anneal
         their training (MAML++'s derivative order and multi-step loss weights) read it. The
         algorithm's own work is :meth:`meta_gradient`; around it the model is put in training mode
-        and, with ``batch_norm=running``, the outer loop updates the running statistics.
+        and, with ``batch_norm=running``, the outer loop updates the running statistics. With
+        ``precision=fp16`` an overflowed meta-gradient is redone at half the loss scale
+        (:meth:`~maml_cli.algorithms.precision.Precision.meta_step`).
         """
         self.train()
-        out = self.meta_gradient(batch, step)
+        out = self.precision.meta_step(
+            lambda: self.meta_gradient(batch, step),
+            self.parameters(),
+            self,
+            fresh=lambda result: bool(torch.isfinite(result.loss_before).all()),
+        )
         inputs = (torch.cat([batch.support_x[t], batch.query_x[t]]) for t in range(batch.num_tasks))
         update_running_stats(self._norm_layers, lambda x: self.forward_with({}, x), inputs)
         return out
@@ -302,7 +318,7 @@ class MAML(nn.Module):
                     params, part.support_x, part.support_y, self.steps, create_graph, batched=True
                 )
                 query_losses = self._task_losses(fast, part.query_x, part.query_y, batched=True)
-                (query_losses.sum() / num_tasks).backward()
+                self.precision.backward(query_losses.sum() / num_tasks)
                 before.append(loss_before)
                 after.append(query_losses.detach())
         else:
@@ -311,7 +327,7 @@ class MAML(nn.Module):
                     params, batch.support_x[t], batch.support_y[t], self.steps, create_graph, False
                 )
                 query_loss = self._task_losses(fast, batch.query_x[t], batch.query_y[t], False)
-                (query_loss / num_tasks).backward()
+                self.precision.backward(query_loss / num_tasks)
                 before.append(loss_before.reshape(1))
                 after.append(query_loss.detach().reshape(1))
         return MetaStepOutput(torch.cat(before), torch.cat(after))

@@ -120,6 +120,7 @@ class MAMLPlusPlus(MAML):
         grad_clip: float | None = None,
         adapt: Sequence[str] | str | None = None,
         batch_norm: str = "batch",
+        precision: str = "fp32",
     ) -> None:
         super().__init__(
             model,
@@ -134,6 +135,7 @@ class MAMLPlusPlus(MAML):
             grad_clip=grad_clip,
             adapt=adapt,
             batch_norm=batch_norm,
+            precision=precision,
         )
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"inner_loop.steps must be an integer >= 1, got {steps!r}")
@@ -226,7 +228,7 @@ class MAMLPlusPlus(MAML):
                 for start in range(0, num_tasks, chunk):
                     part = batch.slice(start, start + chunk)
                     objective, loss_before, final = self._unroll(params, part, True, create_graph, weights, stats)
-                    (objective.sum() / num_tasks).backward()
+                    self.precision.backward(objective.sum() / num_tasks)
                     before.append(loss_before)
                     after.append(final)
             else:
@@ -234,7 +236,7 @@ class MAMLPlusPlus(MAML):
                     objective, loss_before, final = self._unroll(
                         params, batch.slice(t, t + 1), False, create_graph, weights, stats
                     )
-                    (objective / num_tasks).backward()
+                    self.precision.backward(objective / num_tasks)
                     before.append(loss_before.reshape(1))
                     after.append(final.reshape(1))
         finally:
@@ -262,7 +264,7 @@ class MAMLPlusPlus(MAML):
             losses = self._losses_at(k, fast, support_x, support_y, batched, stats)
             if loss_before is None:
                 loss_before = losses.detach()
-            grads = torch.autograd.grad(
+            grads = self.precision.grad(
                 losses.sum(),
                 [fast[n] for n in names],
                 create_graph=create_graph,

@@ -282,7 +282,7 @@ class Reptile(MAML):
         leaves = {k: v.detach().requires_grad_(True) for k, v in fast.items()}
         with torch.enable_grad():
             losses = self._task_losses(leaves, x, y, batched)
-            grads = torch.autograd.grad(
+            grads = self.precision.grad(
                 losses.sum(), [leaves[k] for k in names], allow_unused=True, materialize_grads=True
             )
         with torch.no_grad():

@@ -26,6 +26,12 @@ class TaskBatchingChoice(str, Enum):
     loop = "loop"
 
 
+class PrecisionChoice(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
 class Schedule(str, Enum):
     constant = "constant"
     cosine = "cosine"
@@ -174,6 +180,7 @@ class TrainerConfig:
     figures: bool = True  # task-specific figures (sinusoid: adapted curves) at validation
     keep_top_k: int = 0  # also keep the k best validated checkpoints in checkpoints/top/ (for ensembles)
     num_threads: int | None = None  # torch's CPU threads; None = 1 for models without convolutions, else all cores
+    precision: PrecisionChoice = PrecisionChoice.fp32  # forward passes in fp32, bf16 or fp16 (CUDA only); fp32 weights
 
 
 @dataclass

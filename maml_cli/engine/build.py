@@ -99,12 +99,43 @@ def build_model(cfg: DictConfig, device: torch.device, input_shape=None, initial
     return model
 
 
+def resolve_precision(cfg: DictConfig, device: torch.device) -> str:
+    """``trainer.precision`` (fp32 for configs from before it existed), checked against ``device``.
+
+    fp16 needs CUDA: PyTorch's CPU autocast has float16 kernels for few operations, and the point
+    of fp16 (tensor cores) is a GPU's; on CPU bf16 is the reduced precision to use.
+    """
+    from maml_cli.algorithms.precision import PRECISIONS
+
+    trainer = cfg.get("trainer") or {}
+    precision = str(getattr(trainer.get("precision"), "value", trainer.get("precision") or "fp32"))
+    if precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(
+            f"trainer.precision=fp16 is not supported on {device.type}: fp16 runs on CUDA devices only; "
+            "use trainer.precision=bf16 (or fp32) here, or trainer.device=cuda on a machine with a GPU"
+        )
+    return precision
+
+
 def build_algorithm(cfg: DictConfig, model: nn.Module, loss) -> nn.Module:
-    """The algorithm ``cfg.inner_loop`` describes, meta-learning ``model`` with the task loss ``loss``."""
+    """The algorithm ``cfg.inner_loop`` describes, meta-learning ``model`` with the task loss ``loss``.
+
+    It runs its forward passes in ``trainer.precision``, the run's own when ``cfg`` comes from a
+    checkpoint (``maml-eval``, deployment), so a model is scored and adapted as it was trained;
+    ``maml-eval ... trainer.precision=fp32`` overrides it. fp32 is not passed on, so an algorithm
+    class of a user's that takes no ``precision`` argument still builds.
+    """
     inner = OmegaConf.to_container(cfg.inner_loop, resolve=True, enum_to_str=True)
     batch_norm = cfg.model.get("batch_norm") or "batch"
-    algorithm = _instantiate(OmegaConf.create(inner), "inner_loop", model=model, loss=loss, batch_norm=batch_norm)
-    return algorithm.to(next(model.parameters()).device)
+    device = next(model.parameters()).device
+    options = {"batch_norm": batch_norm}
+    precision = resolve_precision(cfg, device)
+    if precision != "fp32":
+        options["precision"] = precision
+    algorithm = _instantiate(OmegaConf.create(inner), "inner_loop", model=model, loss=loss, **options)
+    return algorithm.to(device)
 
 
 def build_run(cfg: DictConfig, device: torch.device, initial_weights: bool = False) -> Run:
