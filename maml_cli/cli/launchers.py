@@ -24,7 +24,6 @@ traceback. :class:`RequeueingLauncher`, mixed into the plugin's launchers by
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import signal
 from collections.abc import Sequence
@@ -32,25 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
 
 from maml_cli.cli.common import ReportedError
 from maml_cli.errors import MamlError, TrainingInterrupted
 
 log = logging.getLogger("maml_cli")
-
-#: What the launchers need: the Hydra plugin, and submitit, which it imports when a multirun starts.
-MODULES = ("hydra_plugins.hydra_submitit_launcher", "submitit")
-
-
-def installed() -> bool:
-    """Whether ``hydra/launcher=submitit_*`` can run (the ``[sweep]`` extra installs both)."""
-    for name in MODULES:
-        try:
-            if importlib.util.find_spec(name) is None:
-                return False
-        except (ImportError, ValueError):
-            return False
-    return True
 
 
 def with_resume(overrides: Sequence[str]) -> list[str]:
@@ -85,6 +71,16 @@ def _failed(overrides: Sequence[str], error: MamlError) -> JobReturn:
     return ret
 
 
+def _outside_training(exc: Exception, run_dir: str | None, job_num: int) -> MamlError:
+    """The scheduler's signal went straight to submitit's handler (the trainer was not in its loop),
+    which did not requeue the job: how to go on, in one line."""
+    from maml_cli.engine.resume import resume_command
+
+    reason = (str(exc).strip() or type(exc).__name__).rstrip(".")
+    again = f"; continue with {resume_command(run_dir)}" if run_dir else ""
+    return MamlError(f"job #{job_num}: the scheduler's signal came outside the training loop ({reason}){again}")
+
+
 class RequeueingLauncher:
     """Mixed in before hydra-submitit-launcher's ``LocalLauncher`` / ``SlurmLauncher``.
 
@@ -99,12 +95,24 @@ class RequeueingLauncher:
         job_id: str,
         singleton_state: dict[Any, Any],
     ) -> JobReturn:
+        from submitit.core.utils import UncompletedJobError
+
         # submitit's checkpoint() resubmits these same arguments, so a requeued job gets the same.
         overrides = with_resume(sweep_overrides)
         try:
-            return super().__call__(overrides, job_dir_key, job_num, job_id, singleton_state)  # type: ignore[misc]
+            ret = super().__call__(overrides, job_dir_key, job_num, job_id, singleton_state)  # type: ignore[misc]
         except ReportedError as exc:
             error = exc.error
+        except UncompletedJobError as exc:  # the signal came while Hydra set the job up
+            error = _outside_training(exc, None, job_num)
+        else:
+            if ret.status != JobStatus.FAILED or not isinstance(ret._return_value, UncompletedJobError):
+                return ret
+            # Hydra caught it as the task's error: the signal came before or after the training loop.
+            run_dir = (
+                OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir", default=None) if ret.hydra_cfg else None
+            )
+            error = _outside_training(ret._return_value, run_dir, job_num)
         if isinstance(error, TrainingInterrupted) and error.exit_code - 128 == _preemption_signal():
             error = self._requeue(error)  # returns only when the job is not requeued
         return _failed(overrides, error)
@@ -121,7 +129,7 @@ class RequeueingLauncher:
         handler = signal.getsignal(signum)
         if not callable(handler):
             return error
-        log.info("submitit requeues this job: it resumes from last.pt (trainer.resume=auto)")
+        log.info("last.pt saved; %s goes to submitit to requeue the job", signal.Signals(signum).name)
         try:
             handler(signum, None)
         except UncompletedJobError as exc:
