@@ -140,6 +140,28 @@ class TableConfig(DatasetConfig):
     max_invalid_smiles: float = 0.1  # unreadable SMILES are skipped up to this fraction, an error beyond
 
 
+@dataclass
+class Clinc150Config(DatasetConfig):
+    """CLINC150 intents as N-way K-shot text episodes (see :mod:`maml_cli.data.clinc150`)."""
+
+    _target_: str = "maml_cli.data.clinc150.clinc150_tasks"
+    ways: int = 5
+    shots: int = 1
+    query: int = 15
+    eval_shots: int | None = None  # support per intent at validation/test (None = shots)
+    eval_query: int | None = None  # query per intent at validation/test (None = query)
+    root: str | None = None  # the folder with clinc150/; None = $MAML_DATA_ROOT or ~/.cache/maml-cli/data
+    cache_dir: str | None = None  # tokenised tensors; None = $MAML_CACHE_DIR or ~/.cache/maml-cli/cache
+    split: str = "intent"  # intent (seeded 50/50/50 intents) or domain (whole domains held out)
+    split_sizes: list[int] | None = None  # intents (split=intent) or domains (split=domain); None = 50/50/50 or 4/3/3
+    split_seed: int = 0  # the split's permutation, apart from the run's seed
+    min_count: int = 2  # meta-training words seen fewer times are spelled by hashed n-grams
+    max_vocab: int = 2000  # word ids; model.vocab_size = 1 + max_vocab + hash_buckets
+    hash_buckets: int = 1024  # hashed character n-gram ids for words outside the vocabulary
+    ngrams: list[int] = field(default_factory=lambda: [3])  # character n-gram sizes
+    max_length: int = 32  # tokens per utterance (padded / cut)
+
+
 DATASET_SCHEMAS: dict[str, type] = {
     "sinusoid_schema": SinusoidConfig,
     "omniglot_schema": OmniglotConfig,
@@ -150,6 +172,7 @@ DATASET_SCHEMAS: dict[str, type] = {
     "cub_schema": CUBConfig,
     "image_folder_schema": ImageFolderConfig,
     "table_schema": TableConfig,
+    "clinc150_schema": Clinc150Config,
 }
 
 
@@ -164,3 +187,14 @@ def _table_features(dataset) -> int:
 # every entry point loads them before a config is resolved.
 if not OmegaConf.has_resolver("maml_cli.table_features"):
     OmegaConf.register_new_resolver("maml_cli.table_features", _table_features)
+
+
+def _text_vocab_size(max_vocab: int, hash_buckets: int) -> int:
+    """As :func:`maml_cli.data.text.vocab_size` (padding, words, n-gram buckets), without importing torch."""
+    return 1 + int(max_vocab) + int(hash_buckets)
+
+
+# ``model.vocab_size: ${maml_cli.text_vocab_size:${dataset.max_vocab},${dataset.hash_buckets}}`` in the
+# text models' configs: the embedding rows the tokeniser's id layout needs, from the settings alone.
+if not OmegaConf.has_resolver("maml_cli.text_vocab_size"):
+    OmegaConf.register_new_resolver("maml_cli.text_vocab_size", _text_vocab_size)
