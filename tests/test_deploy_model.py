@@ -100,3 +100,21 @@ def test_bad_inputs_and_files_are_one_line(tmp_path):
         maml_cli.load_adapted(tmp_path / "edited.pt")
     with pytest.raises(ConfigError, match="inputs have shape"):
         adapted.predict(torch.zeros(3, SIZE, SIZE))
+
+
+def test_a_run_trained_in_fp16_adapts_in_fp32_off_cuda(tmp_path, caplog):
+    """fp16 runs on CUDA only: a checkpoint of an fp16 run still deploys on a CPU, in fp32."""
+    from maml_cli.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    sinusoid = {"problem": "regression", "input_shape": [1], "features": ["x"], "target": "y"}
+    path = write_untrained_checkpoint(tmp_path / "fp32.pt", ["model.hidden_sizes=[8,8]"], sinusoid, (1,))[0]
+    state = load_checkpoint(path)
+    state["config"]["trainer"]["precision"] = "fp16"  # as a GPU run writes it
+    save_checkpoint(state, tmp_path / "fp16.pt")
+    x = torch.linspace(-4, 4, 10)[:, None]
+    with caplog.at_level("INFO", logger="maml_cli"):
+        fp16 = maml_cli.load(tmp_path / "fp16.pt")
+    assert "adapting in fp32 on cpu" in caplog.text
+    assert fp16.algorithm.precision.mode == "fp32"
+    want = maml_cli.load(path).adapt(x, torch.sin(x), steps=3).predict(x)
+    torch.testing.assert_close(fp16.adapt(x, torch.sin(x), steps=3).predict(x), want, rtol=0, atol=0)

@@ -15,6 +15,7 @@ must look like comes from the checkpoint (``inputs``, written by ``maml-train``)
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from maml_cli.engine.build import build_algorithm, build_model
 from maml_cli.engine.checkpoint import load_checkpoint
 from maml_cli.errors import ConfigError
 from maml_cli.storage import file_digest, load_verified, save_verified
+
+log = logging.getLogger("maml_cli")
 
 #: The ``format`` field of an adapted-model file, and its version.
 ADAPTED_FORMAT, ADAPTED_VERSION = "maml-cli-adapted", 1
@@ -59,6 +62,11 @@ class MetaModel:
         self.source = str(source)
         self.device = torch.device(device)
         self.config = OmegaConf.create(upgrade_run_config(dict(state["config"])))
+        trainer = self.config.get("trainer") or {}
+        if str(trainer.get("precision", "fp32")) == "fp16" and self.device.type != "cuda":
+            # fp16 runs on CUDA only; the weights are fp32 whatever the run trained in, so adapt in fp32.
+            log.info("the run trained with trainer.precision=fp16 (CUDA only); adapting in fp32 on %s", self.device)
+            self.config.trainer.precision = "fp32"
         self.inputs = _inputs_of(state, source)
         self.problem: str = self.inputs["problem"]
         self.input_shape = tuple(int(n) for n in self.inputs["input_shape"])
