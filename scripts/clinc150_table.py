@@ -48,7 +48,9 @@ def main() -> None:
     parser.add_argument("--baseline", action="store_true", help="also run scripts/clinc150_baseline.py")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    git = ["git", "describe", "--always", "--dirty"]
+    commit = subprocess.run(git, cwd=ROOT, capture_output=True, text=True).stdout.strip()  # what the runs ran
+    rows, commits = [], set()
     for shots in args.shots:
         preset = f"clinc150_{args.ways}w{shots}s"
         for algo in args.algorithms:
@@ -86,9 +88,11 @@ def main() -> None:
                     ],
                     folder / "eval.log",
                 )
-                (folder / "times.json").write_text(json.dumps({"train_s": train_s, "eval_s": eval_s}))
+                times = {"train_s": train_s, "eval_s": eval_s, "commit": commit}
+                (folder / "times.json").write_text(json.dumps(times))
             res = json.loads(result.read_text())
             times = json.loads((folder / "times.json").read_text())
+            commits.add(times.get("commit", "?"))
             rows.append((preset, algo.upper(), res["mean"], res["ci95"], times["train_s"], times["eval_s"]))
             print(f"{name}: {100 * res['mean']:.2f} +- {100 * res['ci95']:.2f}", flush=True)
         if args.baseline:
@@ -112,9 +116,9 @@ def main() -> None:
             rows.append((preset, "supervised + NCM", res["mean"], res["ci95"], res["train_s"], res["eval_s"]))
     import torch
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     print(
-        f"\nseed {args.seed}, commit {commit.strip()}, torch {torch.__version__}, {args.threads} thread(s), "
+        f"\nseed {args.seed}, commit(s) {', '.join(sorted(commits))}, torch {torch.__version__}, "
+        f"{args.threads} thread(s), "
         f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores, shared), model {args.model}, "
         f"{args.steps} meta-steps, {args.episodes} test episodes\n"
     )
