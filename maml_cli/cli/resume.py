@@ -45,6 +45,7 @@ ALLOWED = frozenset(
         "trainer.figures",
         "trainer.device",
         "trainer.num_threads",
+        "trainer.distributed_timeout_s",
     }
 )
 #: Keys that say how to resume rather than what the run is.

@@ -180,6 +180,7 @@ class TrainerConfig:
     figures: bool = True  # task-specific figures (sinusoid: adapted curves) at validation
     keep_top_k: int = 0  # also keep the k best validated checkpoints in checkpoints/top/ (for ensembles)
     num_threads: int | None = None  # torch's CPU threads; None = 1 for models without convolutions, else all cores
+    distributed_timeout_s: float = 600.0  # under torchrun: a collective waiting longer ends the job (a rank died)
     precision: PrecisionChoice = PrecisionChoice.fp32  # forward passes in fp32, bf16 or fp16 (CUDA only); fp32 weights
 
 

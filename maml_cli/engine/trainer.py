@@ -31,11 +31,12 @@ from maml_cli.engine.checkpoint import (
     write_json,
 )
 from maml_cli.engine.device import resolve_device
-from maml_cli.engine.evaluation import display_scale, score_tasks, summarise
+from maml_cli.engine.evaluation import display_scale, summarise
 from maml_cli.engine.figures import adaptation_figure
 from maml_cli.engine.optim import build_optimizer, build_scheduler
 from maml_cli.engine.resume import load_optimizer_state, resume_command
-from maml_cli.engine.rng import capture_rng_states, restore_rng_states, seed_everything
+from maml_cli.engine.rng import capture_rng_states, seed_everything
+from maml_cli.engine.world import NullWriter, SingleProcess
 from maml_cli.errors import CheckpointError, NonFiniteLossError, TrainingInterrupted
 from maml_cli.threads import configure_threads
 
@@ -43,20 +44,27 @@ log = logging.getLogger("maml_cli")
 
 
 class Trainer:
-    """Meta-trains the run described by ``cfg``, writing into ``run_dir``."""
+    """Meta-trains the run described by ``cfg``, writing into ``run_dir``.
 
-    def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
+    ``world``: the other processes of a torchrun job (:mod:`maml_cli.distributed`); by default
+    none. Rank 0 alone writes; every rank calls the same collectives at the same points.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path, world: SingleProcess | None = None) -> None:
         validate_run_config(cfg)
         self.cfg = cfg
+        self.world = world or SingleProcess()
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        for leftover in remove_interrupted_checkpoint_writes(self.run_dir):  # a killed run's partial writes
-            log.info("removed %s, left by an interrupted write", leftover)
-        self.device = resolve_device(cfg.trainer.device)
+        if self.world.is_main:
+            for leftover in remove_interrupted_checkpoint_writes(self.run_dir):  # a killed run's partial writes
+                log.info("removed %s, left by an interrupted write", leftover)
+        self.device = self.world.place(resolve_device(cfg.trainer.device))
         seed_everything(int(cfg.seed))
         # A resumed run's checkpoint replaces the weights; a fresh one starts from the user's, if any.
         run = build_run(cfg, self.device, initial_weights=cfg.trainer.resume in (None, "auto"))
         self.tasks, self.algorithm = run.tasks, run.algorithm
+        self.world.seed(int(cfg.seed))
         # None, or a governor that fits the thread count to the cores other processes leave idle.
         self.thread_governor = configure_threads(cfg.trainer.get("num_threads"), self.algorithm.model)
         self.optimizer = build_optimizer(cfg.optimizer, self.algorithm.parameters())
@@ -72,17 +80,19 @@ class Trainer:
         self.history: list[dict[str, Any]] = []  # validation figures over steps and wall time
         self.step_seconds: list[float] = []  # wall time of each step this process ran, all included
         self._maybe_resume()
+        self.world.start(self.algorithm, self.step)
 
     # -- checkpoints -------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        """The checkpoint; under torchrun a collective (every rank's random streams are gathered)."""
         return {
             "format_version": FORMAT_VERSION,
             "step": self.step,
             "model": self.algorithm.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": capture_rng_states(self.task_generator),
+            **self.world.rng_state(capture_rng_states(self.task_generator)),
             "best": self.best,
             "last_val": self.last_val,
             "top": self.top,
@@ -104,7 +114,7 @@ class Trainer:
         try:
             self.algorithm.load_state_dict(state["model"])
             load_optimizer_state(self.optimizer, self.scheduler, state, self.cfg)  # with the config's rates
-            restore_rng_states(state["rng"], self.task_generator)
+            self.world.restore_rng(state, self.task_generator)
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             first = str(exc).strip().splitlines()[0][:200]
             raise CheckpointError(
@@ -120,9 +130,11 @@ class Trainer:
         self.top = list(state.get("top") or []) if same_run else []
         log.info("resumed from %s at step %d", path, self.step)
 
-    def _save(self, name: str) -> Path:
-        path = self.ckpt_dir / name
-        save_checkpoint(self.state_dict(), path)
+    def _save(self, name: str, path: Path | None = None, **extra: Any) -> Path:
+        path = path or self.ckpt_dir / name
+        state = self.state_dict() | extra  # on every rank
+        if self.world.is_main:
+            save_checkpoint(state, path)
         return path
 
     # -- validation --------------------------------------------------------------------------
@@ -130,7 +142,7 @@ class Trainer:
     def validate(self) -> dict[str, Any]:
         trainer = self.cfg.trainer
         # No meta-graph is kept at evaluation, so several meta-batches of tasks fit at once.
-        scores = score_tasks(
+        scores = self.world.score_tasks(
             self.algorithm,
             self.tasks,
             "val",
@@ -183,21 +195,21 @@ class Trainer:
             self.step,
             max_steps,
         )
-        writer = tensorboard.Writer(self.run_dir / "tb")  # its failures are one line
+        writer = tensorboard.Writer(self.run_dir / "tb") if self.world.is_main else NullWriter()  # failures: one line
         progress = tqdm(
             total=max_steps,
             initial=self.step,
             desc="meta-train",
             unit="step",
             dynamic_ncols=True,
-            disable=None if trainer.progress is None else not trainer.progress,
+            disable=(None if trainer.progress is None else not trainer.progress) if self.world.is_main else True,
             mininterval=0.5,
         )
         window = _Window(self.device)
         self._started = started = time.perf_counter()
         params = [p for p in self.algorithm.parameters() if p.requires_grad]
         try:
-            with _graceful_stop(self):
+            with _graceful_stop(self), self.world.signals():
                 tick = time.perf_counter()
                 budget = 60.0 * trainer.max_minutes if trainer.max_minutes else float("inf")
                 while self.step < max_steps:
@@ -205,7 +217,8 @@ class Trainer:
                         self.thread_governor.maybe_adjust()
                     batch = self.tasks.sample(int(trainer.meta_batch_size), self.task_generator)
                     self.optimizer.zero_grad(set_to_none=True)
-                    out = self.algorithm.meta_backward(batch, step=self.step)
+                    # Under torchrun each rank adapts its share; the .grad is the same on every rank.
+                    out = self.world.meta_backward(self.algorithm, batch, step=self.step)
                     loss = out.loss_after.mean()
                     grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
                     if not torch.isfinite(loss + grad_norm):
@@ -217,7 +230,7 @@ class Trainer:
                     self.step += 1
                     window.add(out.loss_before.mean(), loss, grad_norm, batch.num_tasks)
                     progress.update(1)
-                    out_of_time = time.perf_counter() - started >= budget
+                    out_of_time = bool(trainer.max_minutes) and self.world.any(time.perf_counter() - started >= budget)
                     final = self.step == max_steps or out_of_time
 
                     if self.step % int(trainer.log_every) == 0 or final:
@@ -235,6 +248,7 @@ class Trainer:
                         self._validate_and_log(writer, metric, final=final)
                     if self.step % int(trainer.ckpt_every) == 0 or final:
                         self._save("last.pt")
+                    self._stop_signal = self.world.agree_on_signal(self._stop_signal)  # the ranks stop together
                     if self._stop_signal is not None:
                         self._interrupt()
                     tock = time.perf_counter()
@@ -247,7 +261,8 @@ class Trainer:
                 self._validate_and_log(writer, metric, final=True)  # resumed at max_steps, or nothing ran
             wall = time.perf_counter() - started
             metrics = self._metrics(wall)
-            write_json(metrics, self.run_dir / "metrics.json")
+            if self.world.is_main:
+                write_json(metrics, self.run_dir / "metrics.json")
             self._write_figure(writer, final=True)
             scale, unit = display_scale(metric)
             best = (
@@ -316,8 +331,10 @@ class Trainer:
         kept, dropped = ranked[:k], ranked[k:]
         top_dir = self.ckpt_dir / "top"
         if entry in kept:
-            save_checkpoint(self.state_dict() | {"top": kept}, top_dir / entry["file"])
+            self._save(entry["file"], top_dir / entry["file"], top=kept)
         self.top = kept
+        if not self.world.is_main:
+            return
         write_json(
             {"metric": self.tasks.metric_name, "higher_is_better": self.tasks.higher_is_better, "checkpoints": kept},
             top_dir / "index.json",
@@ -327,7 +344,7 @@ class Trainer:
                 (top_dir / old["file"]).unlink(missing_ok=True)
 
     def _write_figure(self, writer, final: bool) -> None:
-        if not self.cfg.trainer.figures:
+        if not self.cfg.trainer.figures or not self.world.is_main:
             return
         fig = adaptation_figure(self.tasks, self.algorithm)
         if fig is None:
@@ -359,6 +376,7 @@ class Trainer:
             # Per step, everything included (sampling, meta-step, optimizer, logging, validation).
             "median_step_ms": median_ms,
             "peak_memory_mb": _peak_memory_mb(self.device),
+            **self.world.describe(),
         }
 
     def _fail_non_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
@@ -374,7 +392,7 @@ class Trainer:
     def _interrupt(self) -> None:
         signum = self._stop_signal
         path = self._save("last.pt")
-        if self.last_val is not None:
+        if self.last_val is not None and self.world.is_main:
             wall = time.perf_counter() - self._started
             write_json(self._metrics(wall) | {"interrupted_at_step": self.step}, self.run_dir / "metrics.json")
         name = signal.Signals(signum).name
