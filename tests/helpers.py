@@ -37,6 +37,31 @@ def run_cli(command: str, *args: str, cwd: Path, timeout: float = 240, env=None)
 
 
 #: Overrides that make a real but tiny training run: every feature runs, in a second or two.
+#: A sweep's job: three meta-steps, each validated and checkpointed (about a second each).
+SWEEP_JOB = (
+    "trainer.max_steps=3",
+    "trainer.val_every=1",
+    "trainer.val_tasks=5",
+    "trainer.ckpt_every=1",
+    "trainer.figures=false",
+    "trainer.progress=false",
+)
+
+
+def real_data_root(name: str, locate) -> Path:
+    """``$MAML_DATA_ROOT`` when ``locate`` finds the real dataset ``name`` under it. Without it,
+    CI fails (``.ci/run`` provides the data) and a developer's run skips, saying how to run it."""
+    import pytest
+
+    root = os.environ.get("MAML_DATA_ROOT")
+    if root is None or locate(Path(root)) is None:
+        message = f"real {name} not found under MAML_DATA_ROOT={root!r}"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI must provide it: see .ci/run)")
+        pytest.skip(message + "; set MAML_DATA_ROOT to run these tests")
+    return Path(root)
+
+
 TINY = (
     "trainer.max_steps=6",
     "trainer.meta_batch_size=4",

@@ -6,7 +6,6 @@ Under CI the real data must be there: these tests fail rather than skip without 
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from pathlib import Path
 
@@ -17,18 +16,11 @@ from maml_cli.data import omniglot
 from maml_cli.data.omniglot import locate, omniglot_tasks
 from maml_cli.errors import MamlError
 
-from .helpers import run_cli
+from .helpers import real_data_root, run_cli
 
 
 def data_root() -> Path:
-    root = os.environ.get("MAML_DATA_ROOT")
-    found = root is not None and locate(Path(root)) is not None
-    if not found:
-        message = f"real Omniglot not found under MAML_DATA_ROOT={root!r}"
-        if os.environ.get("CI"):
-            pytest.fail(message + " (CI must provide it: see .ci/run)")
-        pytest.skip(message + "; set MAML_DATA_ROOT to run these tests")
-    return Path(root)
+    return real_data_root("Omniglot", locate)
 
 
 @pytest.fixture(scope="module")

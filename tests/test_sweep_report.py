@@ -24,17 +24,8 @@ from maml_cli.cli import sweeps  # noqa: F401  (the ${maml_...} resolvers the se
 from maml_cli.cli.sweep_report import main
 from maml_cli.config import config_dir, register_configs
 
-from .helpers import compose_train, run_cli
+from .helpers import SWEEP_JOB, compose_train, run_cli
 
-#: Three validated meta-steps per job, as tests/test_sweeps.py runs them: about a second each.
-TINY = (
-    "trainer.max_steps=3",
-    "trainer.val_every=1",
-    "trainer.val_tasks=5",
-    "trainer.ckpt_every=1",
-    "trainer.figures=false",
-    "trainer.progress=false",
-)
 #: An inner step of 1e6 makes the meta-loss non-finite at step 1 (no metrics.json).
 RATES = ("0.001", "0.01", "1e6")
 
@@ -42,7 +33,8 @@ RATES = ("0.001", "0.01", "1e6")
 @pytest.fixture(scope="module")
 def multirun(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("multirun")
-    proc = run_cli("maml-train", "-m", f"inner_loop.lr={','.join(RATES)}", *TINY, "hydra.sweep.dir=sweep", cwd=root)
+    rates = f"inner_loop.lr={','.join(RATES)}"
+    proc = run_cli("maml-train", "-m", rates, *SWEEP_JOB, "hydra.sweep.dir=sweep", cwd=root)
     assert proc.returncode == 1, proc.stdout + proc.stderr  # the diverging job fails the multirun at its end
     assert "error: 1 of 3 jobs failed in sweep: job 2" in proc.stderr
     return root / "sweep"
@@ -53,7 +45,7 @@ def study(tmp_path_factory) -> Path:
     """tests/test_sweeps.py's study: seed 11 draws inner_loop.lr 0.01, 0.01, 1e6 (trial 2 diverges)."""
     root = tmp_path_factory.mktemp("optuna")
     search = ("hparams_search=sinusoid_optuna", "seed=11", "inner_loop.lr=choice(0.01,1e6)", "hydra.sweeper.n_trials=3")
-    proc = run_cli("maml-train", "-m", *search, *TINY, "hydra.sweep.dir=study", cwd=root)
+    proc = run_cli("maml-train", "-m", *search, *SWEEP_JOB, "hydra.sweep.dir=study", cwd=root)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "error: 1 of 3 jobs failed in study: job 2 " in proc.stderr, proc.stderr
     return root / "study"

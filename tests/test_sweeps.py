@@ -22,7 +22,7 @@ from maml_cli.cli import sweeps
 from maml_cli.config import config_dir, register_configs
 from maml_cli.engine.checkpoint import load_checkpoint
 
-from .helpers import run_cli
+from .helpers import SWEEP_JOB, run_cli
 
 with warnings.catch_warnings():
     # optuna 2.x (all hydra-optuna-sweeper allows) warns that SQLAlchemy 2 would break it; the [sweep] extra pins <2.
@@ -32,15 +32,6 @@ with warnings.catch_warnings():
 #: How a search preset is picked. train.yaml's defaults list has no `hparams_search: null` entry,
 #: so the group is appended with `+`; with that entry it would be `hparams_search=NAME`.
 SEARCH = "hparams_search"
-#: A real run of three meta-steps, each validated and checkpointed: a job takes about a second.
-TINY = (
-    "trainer.max_steps=3",
-    "trainer.val_every=1",
-    "trainer.val_tasks=5",
-    "trainer.ckpt_every=1",
-    "trainer.figures=false",
-    "trainer.progress=false",
-)
 #: An SGD meta-step of 1e10 turns the meta-loss into NaN at step 2, after step 1's checkpoint.
 DIVERGES = "1e10"
 
@@ -73,7 +64,7 @@ def test_a_diverging_job_fails_the_multirun_at_its_end_not_at_once(tmp_path, lau
         "optimizer=sgd",
         f"optimizer.lr={DIVERGES},0.001",
         "trainer.meta_batch_size=2",
-        *TINY,
+        *SWEEP_JOB,
         *extra,
         "hydra.sweep.dir=sweep",
         cwd=tmp_path,
@@ -104,7 +95,7 @@ def optuna_search(tmp_path: Path) -> list[str]:
         "seed=11",
         "inner_loop.lr=choice(0.01,1e6)",
         "hydra.sweeper.n_trials=3",
-        *TINY,
+        *SWEEP_JOB,
         "hydra.sweep.dir=study",
     ]
 
@@ -221,7 +212,7 @@ def test_a_missing_plugin_names_the_extra(tmp_path, plugin, args, named):
     probe = run_cli("python", "-c", f"import hydra_plugins.{plugin}", cwd=tmp_path, env=env)
     assert f"No module named 'hydra_plugins.{plugin}'" in probe.stderr  # the plugin is really gone
 
-    proc = run_cli("maml-train", "-m", *args, *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path, env=env)
+    proc = run_cli("maml-train", "-m", *args, *SWEEP_JOB, "hydra.sweep.dir=sweep", cwd=tmp_path, env=env)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     (line,) = error_lines(proc.stderr)
     assert named in line and line.endswith("which is not installed: pip install 'maml-cli[sweep]'"), line
@@ -245,14 +236,14 @@ def test_a_search_space_key_that_does_not_exist_is_one_line(tmp_path):
         )
     )
     in_preset = run_cli(
-        "maml-train", "--config-dir", "conf", f"{SEARCH}=typo", *TINY, "hydra.sweep.dir=a", cwd=tmp_path
+        "maml-train", "--config-dir", "conf", f"{SEARCH}=typo", *SWEEP_JOB, "hydra.sweep.dir=a", cwd=tmp_path
     )
     on_command_line = run_cli(
         "maml-train",
         "-m",
         f"{SEARCH}=sinusoid_optuna",
         "inner_loop.lrr=interval(0.001,0.1)",
-        *TINY,
+        *SWEEP_JOB,
         "hydra.sweep.dir=b",
         cwd=tmp_path,
     )
