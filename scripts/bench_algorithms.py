@@ -19,7 +19,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from toolkit import BIN
+from toolkit import BIN, TRAIN_DEFAULT_THREADS, provenance
 
 ALGORITHMS = [  # (label, overrides); MAML first: the others are reported relative to it
     ("MAML", ["inner_loop=maml"]),
@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-out/algorithms"))
     args = parser.parse_args()
 
+    print(provenance(0, TRAIN_DEFAULT_THREADS), flush=True)  # maml-train's default seed and threads
     rows = []
     for label, overrides in ALGORITHMS:
         if args.only and label not in args.only and label != "MAML":

@@ -29,7 +29,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from toolkit import BIN
+from toolkit import BIN, TRAIN_DEFAULT_THREADS, provenance
 
 QUIET = ["trainer.figures=false", "trainer.progress=false", "trainer.val_every=1000000", "trainer.val_tasks=10"]
 SETTINGS = {
@@ -112,6 +112,9 @@ def main() -> None:
         table = {arm: {r: statistics.median(samples[(arm, r)]) for r in args.rivals} for arm in args.arms}
         results[setting] = table
         print(f"\n{setting}: median ms per meta-step (x its own time alone)")
+        for arm in args.arms:
+            threads = next((o.split("=", 1)[1] for o in arm_settings(arm)[1] if "num_threads=" in o), None)
+            print(f"{arm:<18}" + provenance(0, int(threads) if threads else TRAIN_DEFAULT_THREADS))
         print(f"{'arm':<18}" + "".join(f"{f'{r} rival(s)':>22}" for r in args.rivals))
         for arm, row in table.items():
             alone = row.get(0)

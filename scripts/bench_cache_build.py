@@ -38,6 +38,8 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from toolkit import provenance  # noqa: E402
+
 from maml_cli.data import image_files, omniglot  # noqa: E402
 from maml_cli.data.images import default_data_root  # noqa: E402
 
@@ -132,8 +134,9 @@ def make_images(folder: Path, count: int, suffix: str, seed: int) -> list[Path]:
     return files
 
 
-def compare(name: str, count: int, old, new, repeats: int, labels=("old", "new")) -> dict:
-    """Time ``old`` and ``new`` alternately; print the medians, their ratio and the pixels' difference."""
+def compare(name: str, count: int, old, new, repeats: int, labels=("old", "new"), seed=None) -> dict:
+    """Time ``old`` and ``new`` alternately; print the medians, their ratio and the pixels' difference
+    (``seed``: of the generated images, ``None`` for real ones)."""
     times: dict[str, list[float]] = {"old": [], "new": []}
     results = {}
     for _ in range(repeats):
@@ -148,7 +151,7 @@ def compare(name: str, count: int, old, new, repeats: int, labels=("old", "new")
         f"{name:26s} {count:6d} images  {first} {old_s:6.2f} s ({count / old_s:5.0f}/s)  {second} {new_s:6.2f} s "
         f"({count / new_s:5.0f}/s)  {first}/{second} {old_s / new_s:4.2f}x  pixels differ by max {int(diff.max())} "
         f"mean {float(diff.float().mean()):.4f}  (runs: {[round(t, 2) for t in times['old']]} "
-        f"{[round(t, 2) for t in times['new']]})",
+        f"{[round(t, 2) for t in times['new']]})  {provenance(seed, torch.get_num_threads())}",
         flush=True,
     )
     return results
@@ -172,13 +175,15 @@ def main() -> None:
             lambda: old_omniglot(folder, 28),
             lambda: new_omniglot(folder, 28),
             args.repeats,
+            seed="none (real images)",
         )
     elif not args.skip_omniglot:
         print(f"Omniglot not found under {default_data_root()} (set MAML_DATA_ROOT); skipped")
 
     with tempfile.TemporaryDirectory() as tmp:
         for suffix, count in ((".jpg", args.jpegs), (".png", args.pngs)):
-            files = make_images(Path(tmp) / suffix[1:], count, suffix, seed=len(suffix) + count)
+            seed = len(suffix) + count
+            files = make_images(Path(tmp) / suffix[1:], count, suffix, seed=seed)
             for channels in (3, 1):
                 results = compare(
                     f"{suffix[1:]} 500x375->84 {'RGB' if channels == 3 else 'grey'}",
@@ -187,6 +192,7 @@ def main() -> None:
                     partial(torchvision_decode_files, files, 84, channels),
                     args.repeats,
                     labels=("PIL", "torchvision"),
+                    seed=seed,
                 )
                 full = old_decode_files(files, 84, channels, draft=False)
                 for which, label in (("old", "PIL"), ("new", "torchvision")):
@@ -209,6 +215,7 @@ def main() -> None:
             partial(old_hwc_to_chw, array, size, channels),
             partial(image_files.hwc_to_chw, array, size, channels),
             args.repeats,
+            seed=0,  # one generator, seeded 0, draws the arrays in turn
         )
 
 

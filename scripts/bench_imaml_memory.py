@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from toolkit import provenance
+
 PRESETS = {"imaml": "experiment=imaml_omniglot_5w1s", "maml": "experiment=omniglot_5w1s"}
 
 
@@ -115,6 +117,8 @@ def measure(algorithm: str, steps: int, tasks: int, meta_steps: int, lr: float, 
         "median_step_s": round(statistics.median(seconds[1:] or seconds), 4),
         "step_s": [round(s, 4) for s in seconds],
         "loss_after": float(out.loss_after.mean()),
+        "seed": 0,
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -156,6 +160,7 @@ def main() -> None:
 
     data = rows[0]["data"]
     print(f"Conv-4, {data} 5-way 1-shot, {args.tasks} tasks per meta-batch, loop, device={args.device}")
+    print(provenance(0, "/".join(str(t) for t in sorted({r["threads"] for r in rows}))))
     print(
         "memory = peak minus the process's baseline before the first meta-step; time = median meta-step after the first"
     )

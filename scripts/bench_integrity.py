@@ -25,6 +25,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+from toolkit import provenance
 
 from maml_cli.data.images import ImageCache, default_cache_dir
 from maml_cli.storage import split_integrity
@@ -75,7 +76,7 @@ def timed(function) -> float:
     return 1e3 * (time.perf_counter() - start)
 
 
-def measure(name: str, path: Path, repeats: int) -> None:
+def measure(name: str, path: Path, repeats: int, seed: int | str | None) -> None:
     checks = {
         "check: xxh3-128 of the loaded data": lambda loaded: split_integrity(loaded)[1] or sys.exit("does not verify"),
         "zipfile.testzip (zip CRC-32)": lambda loaded: zipfile.ZipFile(path).testzip(),
@@ -92,6 +93,7 @@ def measure(name: str, path: Path, repeats: int) -> None:
             times[label].append(timed(lambda check=check, loaded=loaded: check(loaded)))
             shares[label].append(100 * times[label][-1] / loads[-1])
     print(f"\n{name}: {path.stat().st_size / 2**20:.2f} MB, median of {repeats} rounds")
+    print(f"  {provenance(seed, torch.get_num_threads())}")
     print(f"  {'torch.load':<40}{statistics.median(loads):8.2f} ms")
     for label in checks:
         median, share = statistics.median(times[label]), statistics.median(shares[label])
@@ -104,13 +106,13 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        measure("Omniglot cache", omniglot_cache(folder), args.repeats)
+        measure("Omniglot cache", omniglot_cache(folder), args.repeats, "none (real or unseeded random pixels)")
         try:
             checkpoint = conv4_checkpoint(folder)
         except subprocess.CalledProcessError:
             print("\nConv-4 checkpoint: maml-train failed (is MAML_DATA_ROOT set to the Omniglot data?)")
             return
-        measure("Conv-4 checkpoint (Omniglot 5-way 1-shot, Adam)", checkpoint, args.repeats)
+        measure("Conv-4 checkpoint (Omniglot 5-way 1-shot, Adam)", checkpoint, args.repeats, 0)  # maml-train's seed
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from toolkit import BIN
+from toolkit import BIN, TRAIN_DEFAULT_THREADS, provenance
 
 CELLS = [  # (label, overrides)
     ("MAML, auto", ["inner_loop.task_batching=auto"]),
@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-out/omniglot_speed"))
     args = parser.parse_args()
 
+    print(provenance(0, TRAIN_DEFAULT_THREADS), flush=True)  # maml-train's default seed and threads
     rows = []
     for label, overrides in CELLS:
         run_dir = args.out / label.replace(", ", "-").lower()
@@ -96,7 +97,7 @@ def main() -> None:
     auto = rows[0]["seconds_per_step"]
     print(
         f"\nepisode sampling (32 tasks, 5-way 1-shot, 15 query): {1e3 * sample:.1f} ms = "
-        f"{100 * sample / auto:.2f}% of a MAML meta-step"
+        f"{100 * sample / auto:.2f}% of a MAML meta-step  {provenance(0, torch.get_num_threads())}"
     )
     print(f"target: MAML second order, auto, <= 3.0 s/step: {'met' if auto <= 3.0 else 'MISSED'} ({auto:.2f} s)")
     args.out.mkdir(parents=True, exist_ok=True)

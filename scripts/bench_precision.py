@@ -16,27 +16,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from toolkit import provenance
 
 from maml_cli.algorithms import MAML
 from maml_cli.data.sinusoid import SinusoidTasks
 from maml_cli.data.tasks import TaskBatch
 from maml_cli.models import MLP, Conv4
-
-
-def commit() -> str:
-    try:
-        root = Path(__file__).resolve().parent.parent
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def omniglot_batch(tasks: int, seed: int, device: torch.device) -> tuple[TaskBatch, str]:
@@ -91,9 +80,7 @@ def main() -> None:
     device = torch.device(args.device)
     precisions = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    stamp = (
-        f"seed={args.seed} commit={commit()} torch={torch.__version__} threads={torch.get_num_threads()} device={where}"
-    )
+    stamp = f"{provenance(args.seed, torch.get_num_threads())} device={where}"
     image, source = omniglot_batch(args.tasks, args.seed, device)
     sinusoid = SinusoidTasks(seed=args.seed).sample(25, torch.Generator().manual_seed(args.seed))
     sinusoid = TaskBatch(

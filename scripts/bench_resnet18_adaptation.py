@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from toolkit import git_commit, provenance
+
 WAYS, SHOTS, QUERY, SIZE = 5, 1, 15, 84
 SETTINGS = {
     "full": {"adapt": None, "freeze": []},
@@ -123,16 +125,6 @@ def _adapts(algorithm, name: str) -> bool:
     return True
 
 
-def git_commit() -> str:
-    try:
-        root = Path(__file__).resolve().parent.parent
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True)
-        return commit.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
-    except OSError:
-        return "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
@@ -169,10 +161,8 @@ def main() -> None:
         f"ResNet-18 (torchvision, {first['parameters'] / 1e6:.1f} M parameters), random 5-way 1-shot 84x84 RGB tasks "
         f"with {QUERY} queries per class, {args.tasks} task(s) per meta-batch, second-order MAML, 1 inner step"
     )
-    print(
-        f"torch {first['torch']}, {first['threads']} CPU threads, {os.cpu_count()} cores, commit {commit}; "
-        f"task batching {first['strategy']}"
-    )
+    print(provenance(0, first["threads"], commit))
+    print(f"{os.cpu_count()} cores; task batching {first['strategy']}")
     print("time: median meta-step after the first; memory: peak RSS during the steps minus the RSS before them")
     header = ("adapted in the inner loop", "adapted", "meta-learned", "s / meta-step", "MB")
     print("| {:<42} | {:>12} | {:>12} | {:>13} | {:>6} |".format(*header))

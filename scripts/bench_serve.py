@@ -36,6 +36,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
+from toolkit import provenance
 
 import maml_cli
 from maml_cli.config import config_dir, register_configs
@@ -342,18 +343,16 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
     torch.set_num_threads(1)  # as each of maml-serve's workers
-    tree = " (the working tree has other changes)" if dirty.stdout.strip() else ""
     cpu = platform.processor() or platform.machine()
     lines = [
-        f"git {commit}{tree}, torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
+        f"{provenance(0, torch.get_num_threads())} "  # the checkpoints and tasks are seeded 0
         f"{os.cpu_count()} CPUs ({cpu}), load average {os.getloadavg()[0]:.2f} at start",
         "",
         "| model | measure | p50 ms | p99 ms | target | met |",
         "|---|---|---|---|---|---|",
     ]
+    print(lines[0], flush=True)
     omniglot = write_checkpoint(args.out / "omniglot_5w1s.pt", "omniglot_5w1s", OMNIGLOT)
     sinusoid = write_checkpoint(args.out / "sinusoid.pt", "sinusoid_maml_paper", SINUSOID)
     compile_times = []
@@ -381,6 +380,7 @@ def main() -> None:
         f"maml-serve (Conv-4 Omniglot 5-way 1-shot, 10 steps), workers={args.workers}, max_tasks={args.max_tasks}, "
         f"{args.clients} client threads in this process for {result['seconds']:.0f} s, measured after warm-up for "
         f"{result['measured_seconds']:.0f} s",
+        provenance(0, "1 thread per worker"),  # maml-serve sets one per worker
         "",
         "| request | count | p50 ms | p99 ms |",
         "|---|---|---|---|",

@@ -19,7 +19,7 @@ import statistics
 import subprocess
 from pathlib import Path
 
-from toolkit import BIN
+from toolkit import BIN, provenance
 
 # A loop meta-step takes ~10x longer, so it runs fewer steps for a comparable wall time.
 STEPS = {"vmap": 3000, "loop": 400}
@@ -72,6 +72,7 @@ def main() -> None:
             )
 
     print(f"sinusoid, MAML paper setup, device={args.device}, {args.reps} processes per cell")
+    print(provenance(0, 1))  # maml-train's default seed; its default for an MLP (no convolutions) is 1 thread
     print(f"{'order':<8}{'batching':<10}{'ms/step':>10}{'tasks/s':>10}{'peak MB':>10}  per process (ms)")
     for r in rows:
         per = ", ".join(f"{v:.2f}" for v in r["per_process_ms"])

@@ -22,6 +22,7 @@ import time
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from toolkit import provenance
 from torch.nn import functional as F
 
 from maml_cli.config import config_dir, register_configs
@@ -93,7 +94,8 @@ def main() -> None:
     mean, ci95 = acc.mean().item(), 1.96 * acc.std(unbiased=True).item() / math.sqrt(len(acc))
     print(
         f"{preset} {args.model} supervised + nearest class mean (cosine): {100 * mean:.2f} +- {100 * ci95:.2f}% "
-        f"on {len(acc)} test episodes; pretraining {train_s:.0f} s, episodes {eval_s:.0f} s"
+        f"on {len(acc)} test episodes; pretraining {train_s:.0f} s, episodes {eval_s:.0f} s  "
+        + provenance(args.seed, torch.get_num_threads())
     )
     if args.json:
         result = {"mean": mean, "ci95": ci95, "episodes": len(acc), "train_s": train_s, "eval_s": eval_s}

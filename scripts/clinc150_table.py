@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from toolkit import provenance
+
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,11 +116,9 @@ def main() -> None:
                 )
             res = json.loads(result.read_text())
             rows.append((preset, "supervised + NCM", res["mean"], res["ci95"], res["train_s"], res["eval_s"]))
-    import torch
 
+    print(f"\n{provenance(args.seed, args.threads, ', '.join(sorted(commits)) or None)}")
     print(
-        f"\nseed {args.seed}, commit(s) {', '.join(sorted(commits))}, torch {torch.__version__}, "
-        f"{args.threads} thread(s), "
         f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores, shared), model {args.model}, "
         f"{args.steps} meta-steps, {args.episodes} test episodes\n"
     )

@@ -27,7 +27,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from toolkit import BIN, maml_eval
+from toolkit import BIN, TRAIN_DEFAULT_THREADS, maml_eval, provenance
 
 SETTINGS = [
     "inner_loop.first_order=false",
@@ -87,6 +87,9 @@ def main() -> None:
         f"\nOmniglot 5-way 1-shot, CPU, budget {args.minutes:g} min: {metrics['steps']} meta-steps "
         f"({metrics['median_step_ms'] / 1e3:.2f} s median), settings: {' '.join(settings)}"
     )
+    given = dict(o.split("=", 1) for o in settings if "=" in o)  # the last of each override wins
+    threads = given.get("trainer.num_threads")
+    print(provenance(given.get("seed", 0), int(threads) if threads else TRAIN_DEFAULT_THREADS))
     print("time-to-accuracy (validation, 200 tasks):")
     print(f"{'minutes':>8}{'step':>8}{'val acc %':>11}")
     for point in metrics["history"]:
