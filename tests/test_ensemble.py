@@ -12,6 +12,7 @@ from maml_cli.algorithms import MAML
 from maml_cli.data import SinusoidTasks
 from maml_cli.engine.evaluation import average_predictions, score_ensemble, score_tasks
 from maml_cli.engine.trainer import Trainer
+from maml_cli.engine.world import SingleProcess
 from maml_cli.models import MLP
 
 from .helpers import TINY, run_cli
@@ -67,7 +68,9 @@ def test_equal_validations_rank_the_earlier_checkpoint_first_as_best_pt_does(tmp
         top=[],
         ckpt_dir=tmp_path,
         state_dict=lambda: {"step": 0},
+        world=SingleProcess(),
     )
+    trainer._save = lambda name, path=None, **extra: Trainer._save(trainer, name, path, **extra)
     for step, value in ((100, 0.9), (200, 0.95), (300, 0.95), (400, 0.95)):
         Trainer._keep_top_k(trainer, {"step": step, "value": value})
     assert [e["step"] for e in trainer.top] == [200, 300]
