@@ -7,7 +7,6 @@ Under CI the real data must be there: these tests fail rather than skip without 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -22,19 +21,13 @@ from maml_cli.engine.build import build_algorithm, build_model
 from maml_cli.errors import ConfigError, MamlError
 from maml_cli.models.text import TextBag, TextCNN
 
-from .helpers import compose_train, run_cli
+from .helpers import compose_train, real_data_root, run_cli
 
 ALGORITHMS = ("maml", "fomaml", "anil", "metasgd", "mamlpp", "reptile", "imaml")
 
 
 def data_root() -> Path:
-    root = os.environ.get("MAML_DATA_ROOT")
-    if root is None or locate(Path(root)) is None:
-        message = f"real CLINC150 not found under MAML_DATA_ROOT={root!r}"
-        if os.environ.get("CI"):
-            pytest.fail(message + " (CI must provide it: see .ci/run)")
-        pytest.skip(message + "; set MAML_DATA_ROOT to run these tests")
-    return Path(root)
+    return real_data_root("CLINC150", locate)
 
 
 @pytest.fixture(scope="module")
