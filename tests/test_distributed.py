@@ -129,7 +129,8 @@ def our_errors(stderr: str) -> list[str]:
 def stopped(tmp_path_factory):
     """A ``maml-train`` job of 2 ranks stopped by a SIGTERM to torchrun: (cwd, step, stderr, exit)."""
     root = tmp_path_factory.mktemp("stopped")
-    launcher = _started(root, *RESUMED, "trainer.ckpt_every=2")
+    # Stopped after its first validation (best.pt), so that metrics.json has a result to record.
+    launcher = _started(root, *RESUMED, "trainer.ckpt_every=2", ready="best.pt")
     launcher.send_signal(signal.SIGTERM)  # torchrun passes it on to every rank
     _, stderr = launcher.communicate(timeout=120)
     errors = our_errors(stderr)
@@ -244,9 +245,9 @@ def _workers(launcher: subprocess.Popen) -> dict[int, int]:
     return found
 
 
-def _started(tmp_path: Path, *overrides: str) -> subprocess.Popen:
+def _started(tmp_path: Path, *overrides: str, ready: str = "last.pt") -> subprocess.Popen:
     """A long ``maml-train`` job of 2 ranks in ``tmp_path/run``, returned once it has trained a few
-    steps (``last.pt`` exists)."""
+    steps (the checkpoint ``ready`` exists)."""
     launcher = maml_train(
         "trainer.meta_batch_size=4",
         "trainer.val_every=100000",
@@ -261,7 +262,7 @@ def _started(tmp_path: Path, *overrides: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
     )
     deadline = time.time() + 180
-    while not (tmp_path / "run/checkpoints/last.pt").exists():
+    while not (tmp_path / "run/checkpoints" / ready).exists():
         if launcher.poll() is not None or time.time() > deadline:
             launcher.kill()
             pytest.fail(f"the job did not start: {launcher.communicate()[1][-3000:]}")
