@@ -237,5 +237,14 @@ def test_help_lists_the_options_a_user_can_pick_and_no_schemas(tmp_path):
         line.split(": ", 1) for line in proc.stdout.splitlines() if line.startswith(("dataset: ", "inner_loop: "))
     )
     assert groups["dataset"].split(", ")[-1] == "tieredimagenet" and "sinusoid" in groups["dataset"]
-    assert set(groups["inner_loop"].split(", ")) == {"anil", "fomaml", "imaml", "maml", "mamlpp", "metasgd", "reptile"}
+    assert set(groups["inner_loop"].split(", ")) == {
+        "anil",
+        "fomaml",
+        "imaml",
+        "maml",
+        "maml_rl",
+        "mamlpp",
+        "metasgd",
+        "reptile",
+    }
     assert "hparams_search: omniglot_optuna, sinusoid_optuna" in proc.stdout

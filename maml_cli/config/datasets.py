@@ -19,8 +19,10 @@ class DatasetConfig:
     """Keys every task distribution has."""
 
     _target_: str = MISSING
-    shots: int = 10  # support examples per task (per class, for classification)
-    query: int = 10  # query examples per task (per class, for classification)
+    # Optional only for the RL tasks, whose data are episodes (dataset.rollouts); every other
+    # dataset must set them (maml_cli.config.validate).
+    shots: int | None = 10  # support examples per task (per class, for classification)
+    query: int | None = 10  # query examples per task (per class, for classification)
 
 
 @dataclass
@@ -162,6 +164,35 @@ class Clinc150Config(DatasetConfig):
     max_length: int = 32  # tokens per utterance (padded / cut)
 
 
+@dataclass
+class RLTasksConfig(DatasetConfig):
+    """Reinforcement-learning tasks (:mod:`maml_cli.rl.tasks`): a task is a goal; its data are
+    episodes collected by the policy being adapted, so ``shots`` and ``query`` do not apply."""
+
+    shots: int | None = None  # not used: see rollouts
+    query: int | None = None  # not used: see rollouts
+    rollouts: int = 20  # episodes per task for each inner step and for the outer objective (the paper's K)
+    horizon: int = 100  # steps per episode
+    observation_dim: int = 2  # the environment's sizes, which the policy is built from (checked)
+    action_dim: int = 2
+
+
+@dataclass
+class Nav2DConfig(RLTasksConfig):
+    _target_: str = "maml_cli.rl.tasks.nav2d_tasks"
+    goal_range: tuple[float, float] = (-0.5, 0.5)  # goals uniform in this square
+    max_action: float = 0.1  # velocity commands are clipped to [-max_action, max_action]
+
+
+@dataclass
+class HalfCheetahConfig(RLTasksConfig):
+    _target_: str = "maml_cli.rl.tasks.halfcheetah_tasks"
+    task: str = "velocity"  # velocity (goal speed U[0, 2]) or direction (+1 or -1)
+    horizon: int = 200
+    observation_dim: int = 17
+    action_dim: int = 6
+
+
 DATASET_SCHEMAS: dict[str, type] = {
     "sinusoid_schema": SinusoidConfig,
     "omniglot_schema": OmniglotConfig,
@@ -173,6 +204,8 @@ DATASET_SCHEMAS: dict[str, type] = {
     "image_folder_schema": ImageFolderConfig,
     "table_schema": TableConfig,
     "clinc150_schema": Clinc150Config,
+    "nav2d_schema": Nav2DConfig,
+    "halfcheetah_schema": HalfCheetahConfig,
 }
 
 

@@ -114,6 +114,26 @@ class IMAMLConfig(InnerLoopConfig):
     cg_tol: float = 0.0  # stop a task's CG at this relative residual (0 = run all cg_steps)
 
 
+@dataclass
+class MamlRlConfig(InnerLoopConfig):
+    """MAML-RL (:class:`maml_cli.rl.maml_rl.MAMLRL`): policy-gradient inner steps, TRPO outer loop."""
+
+    _target_: str = "maml_cli.rl.maml_rl.MAMLRL"
+    steps: int = 1
+    lr: float = 0.1  # the inner policy-gradient step size (the paper: 0.1)
+    eval_steps: int = 3  # the paper's Figure 4 adapts up to 3 steps
+    outer: str = "trpo"  # trpo (the paper; with optimizer=sgd optimizer.lr=1) or pg (any optimizer)
+    max_kl: float = 0.01  # TRPO's trust region: mean KL of the adapted policies
+    cg_iters: int = 10
+    cg_damping: float = 1e-5
+    ls_max_steps: int = 15
+    ls_backtrack: float = 0.8
+    fisher: str = "exact"  # exact (through the inner step, as the paper's code) or first_order (cheaper)
+    gamma: float = 0.99
+    gae_lambda: float = 1.0
+    pretrain: bool = False  # one policy for all tasks, no adaptation in training: the paper's pretrained baseline
+
+
 #: Each ``configs/inner_loop/<name>.yaml`` names ``<name>_schema`` in its defaults list.
 INNER_LOOP_SCHEMAS: dict[str, type] = {
     "maml": InnerLoopConfig,
@@ -122,6 +142,7 @@ INNER_LOOP_SCHEMAS: dict[str, type] = {
     "mamlpp": MamlppConfig,
     "imaml": IMAMLConfig,
     "reptile": ReptileConfig,
+    "maml_rl": MamlRlConfig,
 }
 
 
@@ -205,6 +226,9 @@ class EvalConfig:
     output: str | None = None  # eval.json path; None = the eval run dir
     batch_size: int = 100  # tasks adapted together
     ensemble_top_k: int = 1  # >1: average the predictions of the run's k best validated checkpoints
+    # Also score these, on the same tasks and adapted the same way: "random" (the run's model freshly
+    # initialised from its seed) or the path of another run's checkpoint of the same model (a pretrained one).
+    baselines: list[str] = field(default_factory=list)
     num_threads: int | None = None  # torch's CPU threads; None = as trainer.num_threads's default
 
 

@@ -51,10 +51,14 @@ def require_positive_float(value: Any, key: str, allow_zero: bool = False) -> No
 
 def validate_run_config(cfg: DictConfig | Mapping[str, Any]) -> None:
     """Check a training (or checkpointed) run config; raises :class:`ConfigError`."""
+    episodic = _get(cfg, "dataset.rollouts") is not None  # RL tasks: no shots or queries
     for key in _POSITIVE_INTS:
         value = _get(cfg, key)
-        if value is not None:
+        if value is not None or (key in ("dataset.shots", "dataset.query") and not episodic and _get(cfg, "dataset")):
             require_positive_int(value, key)
+    if episodic:
+        require_positive_int(_get(cfg, "dataset.rollouts"), "dataset.rollouts")
+        require_positive_int(_get(cfg, "dataset.horizon"), "dataset.horizon")
     require_positive_int(_get(cfg, "inner_loop.task_chunk"), "inner_loop.task_chunk", allow_zero=True)
     require_positive_float(_get(cfg, "inner_loop.lr"), "inner_loop.lr", allow_zero=True)
     require_positive_float(_get(cfg, "optimizer.lr"), "optimizer.lr")
@@ -74,11 +78,39 @@ def validate_run_config(cfg: DictConfig | Mapping[str, Any]) -> None:
     clip = _get(cfg, "trainer.grad_clip")
     if clip is not None:
         require_positive_float(clip, "trainer.grad_clip")
+    _validate_trust_region_outer_loop(cfg)
     device = _get(cfg, "trainer.device")
     if device is not None and not (
         device in ("cpu", "cuda", "auto") or (isinstance(device, str) and device.startswith("cuda:"))
     ):
         raise ConfigError(f"trainer.device must be cpu, cuda, cuda:N or auto, got {device!r}")
+
+
+def _validate_trust_region_outer_loop(cfg: DictConfig | Mapping[str, Any]) -> None:
+    """``inner_loop.outer=trpo`` (MAML-RL) writes its accepted step as the meta-gradient, so the
+    meta-optimizer must apply it as it is: plain SGD at rate 1, no schedule, no clipping."""
+    if _get(cfg, "inner_loop.outer") != "trpo" or _get(cfg, "optimizer") is None:
+        return
+    if _get(cfg, "dataset.rollouts") is None:  # not RL tasks: the build says which inner_loop to use
+        return
+    target = str(_get(cfg, "optimizer._target_"))
+    problems = []
+    if target != "torch.optim.SGD":
+        problems.append(f"optimizer._target_={target}")
+    for key, want in (("lr", 1.0), ("momentum", 0.0), ("weight_decay", 0.0), ("warmup_steps", 0)):
+        value = _get(cfg, f"optimizer.{key}")
+        if value is not None and float(value) != want:
+            problems.append(f"optimizer.{key}={value}")
+    schedule = _get(cfg, "optimizer.schedule")
+    if schedule is not None and str(getattr(schedule, "value", schedule)) != "constant":
+        problems.append(f"optimizer.schedule={getattr(schedule, 'value', schedule)}")
+    if _get(cfg, "trainer.grad_clip") is not None:
+        problems.append(f"trainer.grad_clip={_get(cfg, 'trainer.grad_clip')}")
+    if problems:
+        raise ConfigError(
+            f"inner_loop.outer=trpo writes TRPO's step as the meta-gradient, which {', '.join(problems)} would change; "
+            "use optimizer=sgd optimizer.lr=1 optimizer.momentum=0 (as the RL presets do), or inner_loop.outer=pg"
+        )
 
 
 def validate_eval_config(eval_cfg: DictConfig | Mapping[str, Any]) -> None:

@@ -142,5 +142,31 @@ def build_run(cfg: DictConfig, device: torch.device, initial_weights: bool = Fal
     """Build what ``cfg`` describes, on ``device``. The global RNG must already be seeded.
     ``initial_weights``: see :func:`build_model`."""
     tasks = _instantiate(cfg.dataset, "dataset", seed=int(cfg.seed), device=device)
+    _check_family(cfg, tasks)
     model = build_model(cfg, device, getattr(tasks, "input_shape", None), initial_weights)
     return Run(tasks=tasks, algorithm=build_algorithm(cfg, model, tasks.loss))
+
+
+def _check_family(cfg: DictConfig, tasks) -> None:
+    """Reinforcement-learning tasks (``family = "rl"``) hold no labelled examples, and a
+    supervised algorithm cannot adapt on them, nor an RL algorithm on examples. Checked from the
+    algorithm's class, before the model is built (whose inputs would be the first to disagree)."""
+    from hydra.utils import get_class
+
+    task_family = getattr(tasks, "family", "supervised")
+    try:
+        algorithm_family = getattr(get_class(str(cfg.inner_loop._target_)), "family", "supervised")
+    except Exception:  # an unknown class: instantiation says so with its own message
+        return
+    if task_family == algorithm_family:
+        return
+    dataset = getattr(tasks, "name", None) or str(cfg.dataset.get("_target_", "?")).rsplit(".", 1)[-1]
+    if task_family == "rl":
+        raise ConfigError(
+            f"dataset={dataset} is a reinforcement-learning task distribution: use inner_loop=maml_rl "
+            "and model=gaussian_mlp (or an experiment=maml_rl_* preset)"
+        )
+    raise ConfigError(
+        f"inner_loop=maml_rl adapts a policy on episodes, not on the labelled examples of {dataset}: "
+        "use dataset=nav2d, halfcheetah_vel or halfcheetah_dir, or a supervised inner_loop"
+    )

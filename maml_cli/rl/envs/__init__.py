@@ -1,0 +1,1 @@
+"""Batched task environments: see :class:`~maml_cli.rl.envs.base.TaskEnv`."""
