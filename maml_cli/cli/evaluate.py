@@ -28,7 +28,7 @@ from maml_cli.cli.job_log import log_to_file
 from maml_cli.config import config_dir, register_configs, validate_eval_config, validate_run_config
 from maml_cli.config.compat import upgrade_run_config
 from maml_cli.engine import run_dir
-from maml_cli.engine.build import build_run
+from maml_cli.engine.build import build_algorithm, build_model, build_run
 from maml_cli.engine.checkpoint import load_checkpoint, write_json
 from maml_cli.engine.device import resolve_device
 from maml_cli.engine.evaluation import (
@@ -70,6 +70,8 @@ def _ensure_writable(path: Path) -> None:
 
 
 def _steps_to_show(steps: int) -> list[int]:
+    if steps <= 3:  # RL's 0..3 steps (the MAML paper's Figure 4): every one
+        return list(range(steps + 1))
     return sorted({0, 1, 5, 10, steps} & set(range(steps + 1)))
 
 
@@ -106,6 +108,10 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         scores = score_tasks(run.algorithm, run.tasks, split, episodes, steps, int(cfg.eval.batch_size))
     per_step = summarise(scores, run.tasks.higher_is_better)
     metric = run.tasks.metric_name
+    baselines = [
+        _score_baseline(name, run, run_cfg, device, split, episodes, steps, int(cfg.eval.batch_size))
+        for name in cfg.eval.get("baselines") or []
+    ]
     result = {
         "checkpoint": str(Path(path).resolve()),
         "checkpoint_step": int(state["step"]),
@@ -140,10 +146,32 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         # The members' training steps and validation scores (empty: the checkpoint alone).
         "ensemble": [{"step": m["step"], "val": m["value"]} for m in members],
         "device": str(device),
+        # Other initialisations scored on the same tasks, adapted the same way (eval.baselines).
+        "baselines": [{"name": name, "per_step": [e.as_dict() for e in rows]} for name, rows in baselines],
     }
     write_json(result, output)
-    _print_table(result, per_step, output)
+    _print_table(result, per_step, output, baselines)
     return result
+
+
+def _score_baseline(
+    name: str, run, run_cfg: DictConfig, device, split: str, episodes: int, steps: int, batch_size: int
+):
+    """``(name, per-step scores)`` of a baseline of ``eval.baselines``: ``random`` (the run's model
+    as its seed initialises it, before any training) or another checkpoint of the same model."""
+    if name == "random":
+        seed_everything(int(run_cfg.seed))
+        model = build_model(run_cfg, device, getattr(run.tasks, "input_shape", None))
+        algorithm = build_algorithm(run_cfg, model, run.tasks.loss)
+    else:
+        if not Path(name).is_file():
+            raise ConfigError(
+                f"eval.baselines: {name} is neither 'random' nor a checkpoint file; give the path of a "
+                "maml-train checkpoint of the same model (e.g. a run with inner_loop.pretrain=true)"
+            )
+        algorithm = _member_algorithm(run.algorithm, Path(name), what="baseline")
+    scores = score_tasks(algorithm, run.tasks, split, episodes, steps, batch_size)
+    return name, summarise(scores, run.tasks.higher_is_better)
 
 
 def _top_k_members(checkpoint: Path, k: int) -> list[dict[str, Any]]:
@@ -162,14 +190,14 @@ def _top_k_members(checkpoint: Path, k: int) -> list[dict[str, Any]]:
     return entries[:k]  # kept best first
 
 
-def _member_algorithm(template: torch.nn.Module, path: Path) -> torch.nn.Module:
+def _member_algorithm(template: torch.nn.Module, path: Path, what: str = "ensemble member") -> torch.nn.Module:
     state = load_checkpoint(path)
     member = copy.deepcopy(template)
     try:
         member.load_state_dict(state["model"])
     except RuntimeError as exc:
         raise CheckpointError(
-            f"ensemble member {path} does not fit the run's model ({str(exc).splitlines()[0][:200]})"
+            f"{what} {path} does not fit the run's model ({str(exc).splitlines()[0][:200]})"
         ) from None
     return member
 
@@ -193,7 +221,8 @@ def format_table(result: dict[str, Any], per_step: list[StepScore]) -> list[str]
     if result["ensemble"]:
         what = f"ensemble of the {len(result['ensemble'])} best validated checkpoints (steps "
         what += ", ".join(str(m["step"]) for m in result["ensemble"]) + ")"
-    lines = [f"{result['episodes']} {result['split']} tasks, {result['shots']}-shot, {what}"]
+    data = f"{result['shots']} episodes each" if result["metric"] == "return" else f"{result['shots']}-shot"
+    lines = [f"{result['episodes']} {result['split']} tasks, {data}, {what}"]
     header = ("adaptation", metric + (" (%)" if unit else ""), "95% CI", "median", "mean stable", "diverged")
     lines.append(f"{header[0]:<16}{header[1]:>14}{header[2]:>13}{header[3]:>12}{header[4]:>13}{header[5]:>10}")
     for k in _steps_to_show(result["steps"]):
@@ -213,8 +242,24 @@ def format_table(result: dict[str, Any], per_step: list[StepScore]) -> list[str]
     return lines
 
 
-def _print_table(result: dict[str, Any], per_step: list[StepScore], output: Path) -> None:
-    lines = [*format_table(result, per_step), f"wrote {output}"]
+def _baseline_lines(result: dict[str, Any], baselines) -> list[str]:
+    """One row per baseline and number of steps: the same columns as the checkpoint's table."""
+    scale, _ = display_scale(result["metric"])
+    lines = []
+    for name, rows in baselines:
+        lines.append(f"baseline {name}:")
+        for k in _steps_to_show(result["steps"]):
+            row = rows[k]
+            label = "  before" if k == 0 else f"  after {k} step{'s' if k > 1 else ''}"
+            cells = [_number(scale * v) for v in (row.mean, row.ci95, row.median, row.mean_stable)]
+            lines.append(
+                f"{label:<16}{cells[0]:>14}{'± ' + cells[1]:>13}{cells[2]:>12}{cells[3]:>13}{row.diverged_tasks:>10}"
+            )
+    return lines
+
+
+def _print_table(result: dict[str, Any], per_step: list[StepScore], output: Path, baselines=()) -> None:
+    lines = [*format_table(result, per_step), *_baseline_lines(result, baselines), f"wrote {output}"]
     for line in lines:
         print(line)
     log_to_file("\n".join(lines))
