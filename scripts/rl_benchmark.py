@@ -109,14 +109,17 @@ def main() -> None:
     started = time.perf_counter()
 
     maml = train(preset, out / "maml", args.seed, f"trainer.max_minutes={args.minutes}", *args.overrides)
-    pretrained = train(
-        preset,
-        out / "pretrained",
-        args.seed,
-        f"trainer.max_steps={maml['steps']}",
-        "inner_loop.pretrain=true",
-        *args.overrides,
-    )
+    baselines, pretrained = ["random"], None
+    if not args.no_pretrained:
+        pretrained = train(
+            preset,
+            out / "pretrained",
+            args.seed,
+            f"trainer.max_steps={maml['steps']}",
+            "inner_loop.pretrain=true",
+            *args.overrides,
+        )
+        baselines.insert(0, str(out / "pretrained/checkpoints/best.pt"))
     evaluated = maml_eval(
         out / "maml/checkpoints/best.pt",
         out / "eval.json",
