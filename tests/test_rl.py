@@ -317,3 +317,23 @@ def test_halfcheetah_velocity_trains_and_validates_through_the_trainer(tmp_path)
     assert metrics["steps"] == 2 and metrics["metric"] == "return"
     assert math.isfinite(metrics["last"]["value"]) and metrics["last"]["eval_steps"] == 1
     assert (tmp_path / "run/checkpoints/best.pt").is_file()
+
+
+def test_halfcheetah_without_mujoco_is_one_line_naming_the_extra(tmp_path):
+    """As on a machine without the [rl] extra: ``import mujoco`` fails (a stand-in package that
+    raises shadows the installed one)."""
+    blocker = tmp_path / "blocked" / "mujoco"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('No module named mujoco')\n")
+    result = run_cli(
+        "maml-train",
+        "experiment=maml_rl_halfcheetah_vel",
+        "trainer.max_steps=1",
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path / "blocked")},
+    )
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == ["error: dataset=halfcheetah_vel needs MuJoCo: pip install 'maml-cli[rl]'"], result.stderr[-2000:]
+    assert not (tmp_path / "run/checkpoints").exists()
