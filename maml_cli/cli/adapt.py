@@ -7,8 +7,10 @@ are preprocessed, the source checkpoint's config and digest) for ``maml-predict`
 The support set is a folder with one sub-folder of images per class (classes: the sub-folder names,
 sorted; images decoded, resized and standardised as the checkpoint's training images were), or,
 for a model of table rows (the sinusoid), a CSV of the feature and target columns the checkpoint
-names. With ``inputs=PATH`` it predicts those inputs at once (written to ``predictions=``), and
-writes the adapted model only if ``output=`` is given too.
+names, or, for a text model (CLINC150), a CSV of utterances: columns ``text`` and ``label``,
+tokenised by the checkpoint's own tokeniser (classes: the distinct labels, sorted). With
+``inputs=PATH`` it predicts those inputs at once (written to ``predictions=``), and writes the
+adapted model only if ``output=`` is given too.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from maml_cli.errors import ConfigError
 PROG = "maml-adapt"
 OPTIONS = (
     Option("checkpoint", "a checkpoint written by maml-train, e.g. RUN/checkpoints/best.pt", required=True),
-    Option("support", "a folder with one sub-folder of images per class, or a CSV of features and target", True),
+    Option("support", "a folder with one sub-folder of images per class, or a CSV (features, target; text, label)", True),
     Option("steps", "inner steps to adapt with (default: the run's inner_loop.eval_steps)"),
     Option("output", "the adapted model to write (default: adapted.pt; with inputs=, none unless given)"),
     Option("inputs", "predict these at once: images (folder, file, comma list, .txt list) or a CSV"),
@@ -54,9 +56,14 @@ def _steps(value: str | None) -> int | None:
 
 def _read_support(value: str, meta):
     """``(x, y, classes or None, what the support set is in words)``."""
-    from maml_cli.deploy.inputs import read_csv, read_support_folder, read_support_table
+    from maml_cli.deploy.inputs import read_csv, read_support_folder, read_support_table, read_support_text
 
     path = Path(value)
+    if meta.inputs.get("text"):  # a model meta-trained on text: a CSV of utterances and their labels
+        if path.is_dir():
+            raise ConfigError(f"this model reads utterances: support={path} must be a CSV of text,label, not a folder")
+        x, y, classes = read_support_text(path, meta.inputs)
+        return x, y, classes, f"{len(x)} support utterances of {len(classes)} classes ({', '.join(classes)})"
     if meta.inputs.get("table"):  # a model meta-trained on a table: a CSV or Parquet file of its columns
         if path.is_dir():
             raise ConfigError(f"this model reads rows of a table: support={path} must be a CSV file, not a folder")

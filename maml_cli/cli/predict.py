@@ -2,9 +2,10 @@
 
 ``inputs`` is a folder of images (every image under it, sorted), one image, a comma-separated list
 of images, a text file listing image paths (one a line, relative to the list's folder; ``#``
-comments), or a CSV of rows for a model that reads tables. The output has one row per input: the
-file or row id (``input``), a CSV's feature values, the prediction (a class name or a value) and,
-for a classifier, the probability of each class (``p_<class>``). A short summary is printed.
+comments), a CSV of rows for a model that reads tables, or a CSV of utterances (a ``text``
+column) for a text model. The output has one row per input: the file or row id (``input``), a
+CSV's feature values (a text model's utterance), the prediction (a class name or a value) and, for
+a classifier, the probability of each class (``p_<class>``). A short summary is printed.
 
 These commands need no config composition, so they parse ``key=value`` arguments themselves and
 start without Hydra; errors are one line, ``error: ...``, exit status 1 (``MAML_DEBUG=1`` shows
@@ -71,15 +72,18 @@ def input_paths(value: str) -> list[Path] | Path:
 class Inputs:
     x: Tensor
     names: list[str]
-    features: dict[str, list[float]]  # a CSV's feature columns, written beside the predictions
+    features: dict[str, list[float] | list[str]]  # a CSV's feature columns (utterances), written beside the predictions
     source: Path | None
 
 
 def read_inputs(value: str, inputs_spec: dict) -> Inputs:
-    from maml_cli.deploy.inputs import read_csv, read_images, table_columns
+    from maml_cli.deploy.inputs import TEXT_COLUMN, read_csv, read_images, read_text_rows, table_columns
 
     found = input_paths(value)
     if isinstance(found, Path) and found.suffix.lower() in (".csv", ".tsv", ".parquet", ".pq") and found.is_file():
+        if inputs_spec.get("text"):
+            rows = read_text_rows(found, inputs_spec, with_label=False)
+            return Inputs(rows.x, rows.ids, {TEXT_COLUMN: rows.texts}, found)
         x, _, ids = read_csv(found, inputs_spec, with_target=False)
         features, _ = table_columns(inputs_spec)
         return Inputs(x, ids, {f: x[:, i].tolist() for i, f in enumerate(features)}, found)
@@ -87,8 +91,8 @@ def read_inputs(value: str, inputs_spec: dict) -> Inputs:
     return Inputs(x, names, {}, found if isinstance(found, Path) else None)
 
 
-def _cell(value: float) -> str:
-    return f"{value:.7g}"
+def _cell(value: float | str) -> str:
+    return value if isinstance(value, str) else f"{value:.7g}"
 
 
 def predictions_csv(adapted: AdaptedModel, inputs: Inputs, predictions: Tensor) -> tuple[str, list[str]]:
@@ -136,7 +140,9 @@ def write_predictions(path: Path, adapted: AdaptedModel, inputs: Inputs) -> list
 
 OPTIONS = (
     Option("model", "an adapted model written by maml-adapt (or AdaptedModel.save)", required=True),
-    Option("inputs", "a folder of images, an image, image paths (comma-separated or a .txt list) or a CSV", True),
+    Option(
+        "inputs", "a folder of images, an image, image paths (comma-separated or a .txt list), a CSV (of text)", True
+    ),
     Option("output", "the predictions CSV to write (default: predictions.csv)"),
     Option("device", "cpu (default), cuda, cuda:1, mps ..."),
 )

@@ -35,6 +35,17 @@ from a prediction file. For classification the task's classes are the distinct t
 the support set, sorted as training sorted class values (so in a binary task the larger value,
 1 or True, is the positive class), and named by those values: predictions are written as the
 original values, with ``p_<value>`` columns.
+
+A model meta-trained on text (``dataset=clinc150``; the checkpoint's inputs hold a ``text``
+tokeniser) reads utterances from a CSV (or TSV, Parquet): a ``text`` column, a ``label`` column
+for a support set, an optional ``id`` column naming the rows; other columns are ignored. Each
+utterance is tokenised by the checkpoint's own tokeniser (:class:`~maml_cli.data.text.Tokeniser`,
+rebuilt from its spec), the very code that built training's token cache, so the ids are the ones
+training saw: the meta-training vocabulary's words, hashed character n-grams for other words,
+padded or cut to training's ``max_length`` tokens (a cut is said in one log line). An utterance
+without a word (empty, or punctuation only) and an empty label are refused in one line naming the
+rows. The task's classes are the distinct labels of the support set, sorted, and name the
+predictions (``p_<label>`` columns).
 """
 
 from __future__ import annotations
@@ -57,6 +68,8 @@ log = logging.getLogger("maml_cli")
 
 #: The optional CSV column that names the rows (in prediction files).
 ID_COLUMN = "id"
+#: A text model's CSV columns: the utterance, and its class (a support set).
+TEXT_COLUMN, LABEL_COLUMN = "text", "label"
 
 PathLike = str | Path
 
@@ -74,7 +87,10 @@ def image_spec(inputs_spec: Mapping[str, Any]) -> dict[str, Any]:
 
 def table_columns(inputs_spec: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     """``(feature columns, target columns)`` of a model that reads rows of a table; a model of a
-    ``dataset=table`` run has no feature columns here: its inputs are encoded (:func:`read_csv`)."""
+    ``dataset=table`` run has no feature columns here: its inputs are encoded (:func:`read_csv`);
+    a text model's are its ``text`` and ``label`` columns (tokenised by :func:`read_text_rows`)."""
+    if inputs_spec.get("text"):
+        return [TEXT_COLUMN], [LABEL_COLUMN]
     if inputs_spec.get("table"):
         return [], [str(inputs_spec["table"]["target_column"])]
     features, target = inputs_spec.get("features"), inputs_spec.get("target")
@@ -89,6 +105,12 @@ def _what_it_takes(inputs_spec: Mapping[str, Any]) -> str:
         return f"images ({image['channels']}-channel, {image['size']}x{image['size']}): a folder of them"
     if inputs_spec.get("table"):
         return f"rows of a CSV with columns {', '.join(_table_columns_needed(inputs_spec['table'], False))}"
+    if inputs_spec.get("text"):
+        length = inputs_spec["text"].get("max_length")
+        return (
+            f"utterances of up to {length} tokens: a CSV with a {TEXT_COLUMN} column "
+            f"(and {LABEL_COLUMN} for a support set), one utterance a row"
+        )
     if inputs_spec.get("features"):
         return f"rows of a CSV with columns {', '.join(map(str, inputs_spec['features']))}"
     return f"inputs of shape {list(inputs_spec.get('input_shape', []))}, which maml-cli cannot read from files"
@@ -203,6 +225,8 @@ def read_support_folder(path: PathLike, inputs_spec: Mapping[str, Any]) -> tuple
     ``(x [K, C, H, W], y [K] class indices, class names)``; classes are the sub-folder names, sorted."""
     if inputs_spec.get("table"):  # a table model's support set is a CSV (maml-adapt support=...)
         return read_support_table(path, inputs_spec)
+    if inputs_spec.get("text"):  # so is a text model's: utterances and their labels
+        return read_support_text(path, inputs_spec)
     image = image_spec(inputs_spec)
     folder = Path(path)
     if not folder.is_dir():
@@ -244,7 +268,8 @@ def read_csv(
     """Rows of a CSV as model inputs: ``(x [N, features], y [N, targets] or None, row ids)``.
 
     For a model of a ``dataset=table`` run see :func:`read_table_rows` (``y`` is then class indices
-    ``[N]`` for classification). Otherwise the columns are the checkpoint's feature columns, its
+    ``[N]`` for classification), for a text model :func:`read_text_rows` (``x`` token ids, ``y``
+    class indices). Otherwise the columns are the checkpoint's feature columns, its
     target column when ``with_target`` (a support set; without it a target column is allowed and
     left out), and an optional ``id`` column naming the rows (else the ids are the row numbers, 1
     for the first row after the header).
@@ -254,6 +279,9 @@ def read_csv(
     if inputs_spec.get("table"):
         rows = read_table_rows(path, inputs_spec, with_target)
         return rows.x, rows.y, rows.ids
+    if inputs_spec.get("text"):
+        texts = read_text_rows(path, inputs_spec, with_label=with_target)
+        return texts.x, texts.y, texts.ids
     features, targets = table_columns(inputs_spec)
     path = Path(path)
     if not path.is_file():
@@ -456,3 +484,143 @@ def _table_targets(values, column: str, classification: bool, path: Path) -> tup
             "least 2 classes"
         )
     return torch.from_numpy(codes.astype(np.int64)), classes
+
+
+# -- utterances (a model meta-trained on text: dataset=clinc150) ------------------------------------
+
+
+def tokeniser_of(inputs_spec: Mapping[str, Any]):
+    """The checkpoint's own tokeniser, rebuilt from the spec training kept in its ``inputs``, or
+    one line saying this model takes no text."""
+    from maml_cli.data.text import Tokeniser
+
+    text = inputs_spec.get("text")
+    if not text:
+        raise ConfigError(f"this model takes {_what_it_takes(inputs_spec)}, not utterances")
+    return Tokeniser.from_spec(text)
+
+
+def _token_count(tokeniser, text: str) -> int:
+    """Tokens of ``text`` before the cut at ``max_length``."""
+    from maml_cli.data.text import words
+
+    known = tokeniser._ids  # the vocabulary's ids, as Tokeniser.ids looks them up
+    return sum(1 if w in known else len(tokeniser.subword_ids(w)) for w in words(text))
+
+
+def without_words(texts: Sequence[str]) -> list[int]:
+    """Positions of the utterances with no word to tokenise (empty, or punctuation only)."""
+    from maml_cli.data.text import words
+
+    return [i for i, text in enumerate(texts) if not words(text)]
+
+
+def encode_utterances(texts: Sequence[str], inputs_spec: Mapping[str, Any], what: str = "input") -> Tensor:
+    """Token ids ``[N, max_length]`` (int64, 0-padded) of ``texts``, exactly as training's cache
+    holds its utterances (:func:`maml_cli.data.clinc150.build_cache` encodes with the same
+    tokeniser). Every utterance must have a word: check with :func:`without_words` first."""
+    tokeniser = tokeniser_of(inputs_spec)
+    cut = sum(_token_count(tokeniser, t) > tokeniser.max_length for t in texts)
+    if cut:
+        log.info(
+            "%s utterances: %d of %d longer than %d tokens, cut to them, as training cut its utterances",
+            what,
+            cut,
+            len(texts),
+            tokeniser.max_length,
+        )
+    return tokeniser.encode(list(texts))
+
+
+@dataclass
+class TextRows:
+    x: Tensor  # int64 [N, max_length] token ids, 0-padded, as training's token cache holds them
+    y: Tensor | None  # int64 [N] class indices into ``classes`` (a support set), else None
+    classes: list[str] | None  # the support set's distinct labels, sorted
+    ids: list[str]
+    texts: list[str]  # the utterances as the file has them
+
+
+def _read_text_frame(path: Path, needed: list[str]):
+    """The file's columns as text (an empty cell is ""): a CSV, a TSV (by suffix) or Parquet."""
+    import pandas as pd
+
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in (".parquet", ".pq"):
+        from maml_cli.data.table_files import read_table
+
+        frame, _ = read_table(str(path))
+    else:
+        try:
+            frame = pd.read_csv(
+                path, sep="\t" if ".tsv" in suffixes else ",", dtype=str, keep_default_na=False, encoding="utf-8"
+            )
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MamlError(f"cannot read {path} as a CSV: {detail}") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise MamlError(
+            f"{path} lacks column(s) {', '.join(missing)}; this model reads utterances: columns "
+            f"{', '.join(needed)} (optional {ID_COLUMN} names the rows; other columns are ignored)"
+        )
+    if len(frame) == 0:
+        raise MamlError(f"{path} has no rows")
+    return frame
+
+
+def _as_text(values) -> list[str]:
+    """Cells as strings; a missing cell (Parquet's null) as ""."""
+    return ["" if v is None or (isinstance(v, float) and v != v) else str(v) for v in values]
+
+
+def read_text_rows(path: PathLike, inputs_spec: Mapping[str, Any], with_label: bool) -> TextRows:
+    """Utterances of a CSV (TSV, Parquet) for a text model, tokenised by the checkpoint's own
+    tokeniser (see the module's docstring for the rules); ``with_label``: a support set, whose
+    ``label`` column gives the classes."""
+    tokeniser_of(inputs_spec)  # one line if this model takes no text
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "not found"
+        raise MamlError(f"{path} {what}; give a CSV file with a {TEXT_COLUMN} column, one utterance a row")
+    needed = [TEXT_COLUMN, *([LABEL_COLUMN] if with_label else [])]
+    frame = _read_text_frame(path, needed)
+    texts = _as_text(frame[TEXT_COLUMN])
+    empty = without_words(texts)
+    if empty:
+        raise MamlError(
+            f"{path}: column {TEXT_COLUMN} has no words in row(s) {_rows(empty)} (e.g. {texts[empty[0]]!r}; rows "
+            "count from 1 after the header); fill or remove those rows"
+        )
+    y, classes = None, None
+    if with_label:
+        labels = [label.strip() for label in _as_text(frame[LABEL_COLUMN])]
+        blank = [i for i, label in enumerate(labels) if not label]
+        if blank:
+            raise MamlError(
+                f"{path}: column {LABEL_COLUMN} is empty in row(s) {_rows(blank)} (rows count from 1 after the "
+                "header); give every support utterance its class"
+            )
+        classes = sorted(set(labels))
+        if len(classes) < 2:
+            raise MamlError(
+                f"{path}: the support set has one class ({classes[0]}) in column {LABEL_COLUMN}; a task needs at "
+                "least 2 classes"
+            )
+        index = {c: i for i, c in enumerate(classes)}
+        y = torch.tensor([index[label] for label in labels], dtype=torch.long)
+    x = encode_utterances(texts, inputs_spec, "support" if with_label else "input")
+    if ID_COLUMN in frame.columns:
+        ids = [name if name.strip() else str(i + 1) for i, name in enumerate(_as_text(frame[ID_COLUMN]))]
+    else:
+        ids = [str(i + 1) for i in range(len(frame))]
+    return TextRows(x, y, classes, ids, texts)
+
+
+def read_support_text(path: PathLike, inputs_spec: Mapping[str, Any]) -> tuple[Tensor, Tensor, list[str]]:
+    """A text model's support set: ``(token ids [K, max_length], class indices [K], classes)``
+    from a CSV of ``text`` and ``label`` columns (classes: the distinct labels, sorted)."""
+    rows = read_text_rows(path, inputs_spec, with_label=True)
+    assert rows.y is not None and rows.classes is not None
+    return rows.x, rows.y, rows.classes

@@ -12,7 +12,9 @@ class (``-F cat=@a.png -F cat=@b.png -F dog=@c.png``; classes in the order they 
 an optional text field ``steps``), or JSON ``{"x": [...], "y": [...], "steps": N}``: ``x`` the
 inputs as the model takes them (``[K, *input_shape]``, already preprocessed; a flat list for
 one-feature rows), ``y`` targets (regression) or class names (classification). Inputs to predict
-are file fields (any names, in order; named by their file names) or JSON ``{"x": [...]}``.
+are file fields (any names, in order; named by their file names) or JSON ``{"x": [...]}``. For a
+text model ``x`` may be a list of utterances (strings), tokenised by the checkpoint's own
+tokeniser as ``maml-adapt`` tokenises a CSV's (:func:`maml_cli.deploy.inputs.encode_utterances`).
 Uploaded images are decoded as the checkpoint's training images were
 (:func:`maml_cli.deploy.inputs.preprocess`): converted, resized, inverted, standardised.
 
@@ -431,9 +433,27 @@ def create_app(meta: MetaModel, settings: ServeSettings | None = None) -> FastAP
             raise ApiError(422, f"steps={steps} is out of range: 0 to max_steps={settings.max_steps}")
         return steps
 
+    def inputs_of(value: Any, spec: dict[str, Any], shape: tuple[int, ...], limit: int, limit_name: str):
+        """JSON ``x``: utterances (strings) for a text model, else numbers as the model takes them."""
+        if spec.get("text") and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            from maml_cli.deploy.inputs import encode_utterances, without_words
+
+            if len(value) > limit:
+                raise ApiError(413, f"x holds {len(value)} utterances, more than {limit_name}={limit}")
+            empty = without_words(value)
+            if empty:
+                where = ", ".join(f"x[{i}]" for i in empty[:5]) + (f" and {len(empty) - 5} more" * (len(empty) > 5))
+                raise ApiError(422, f"utterance(s) {where} have no words (empty, or punctuation only)")
+            return encode_utterances(value, spec, "JSON")
+        if spec.get("text") and isinstance(value, list) and any(isinstance(v, str) for v in value):
+            raise ApiError(422, f"x must be a list of utterances (strings only) or of token-id rows {[*shape]}")
+        return _tensor(value, shape, "x", limit, limit_name)
+
     def no_images() -> ApiError:
         from maml_cli.deploy.inputs import _what_it_takes
 
+        if meta.inputs.get("text"):
+            return ApiError(415, 'this model takes utterances, not image files: send JSON {"x": ["an utterance", ...]}')
         return ApiError(415, f'this model takes {_what_it_takes(meta.inputs)}, not image files: send JSON {{"x": ...}}')
 
     # -- the routes -------------------------------------------------------------------------------
@@ -481,7 +501,7 @@ def create_app(meta: MetaModel, settings: ServeSettings | None = None) -> FastAP
             unknown = sorted(set(body) - {"x", "y", "steps"})
             if unknown:
                 raise ApiError(422, f'unknown key(s) {", ".join(unknown)}; a support set is {{"x", "y", "steps"}}')
-            x = _tensor(body.get("x"), meta.input_shape, "x", limit, "max_support")
+            x = inputs_of(body.get("x"), meta.inputs, meta.input_shape, limit, "max_support")
             y_list = body.get("y")
             if not isinstance(y_list, list) or len(y_list) != len(x):
                 raise ApiError(422, f"y must be a list of {len(x)} targets or class names, one per row of x")
@@ -533,7 +553,7 @@ def create_app(meta: MetaModel, settings: ServeSettings | None = None) -> FastAP
             body = await _json_body(request)
             if set(body) - {"x"}:
                 raise ApiError(422, f'unknown key(s) {", ".join(sorted(set(body) - {"x"}))}; send {{"x": [...]}}')
-            x = _tensor(body.get("x"), task.input_shape, "x", limit, "max_inputs")
+            x = inputs_of(body.get("x"), task.inputs, task.input_shape, limit, "max_inputs")
             names = list(range(len(x)))
 
             def job(model: MetaModel):
