@@ -26,7 +26,7 @@ from maml_cli.errors import ConfigError
 PROG = "maml-adapt"
 OPTIONS = (
     Option("checkpoint", "a checkpoint written by maml-train, e.g. RUN/checkpoints/best.pt", required=True),
-    Option("support", "a folder with one sub-folder of images per class, or a CSV (features, target; text, label)", True),
+    Option("support", "a folder of one sub-folder of images per class, or a CSV (features, target; text, label)", True),
     Option("steps", "inner steps to adapt with (default: the run's inner_loop.eval_steps)"),
     Option("output", "the adapted model to write (default: adapted.pt; with inputs=, none unless given)"),
     Option("inputs", "predict these at once: images (folder, file, comma list, .txt list) or a CSV"),
