@@ -143,6 +143,13 @@ class ProcessGroupWorld(SingleProcess):
             _seed_globals(_rank_seed(seed, self.rank))
 
     def start(self, algorithm: nn.Module, step: int) -> None:
+        if getattr(algorithm, "outer", None) == "trpo":
+            # Each rank would search its own trust region on its share of the tasks; their mean is
+            # not the TRPO step of the whole meta-batch. A plain gradient averages exactly.
+            raise ConfigError(
+                "inner_loop.outer=trpo does not run under torchrun (each rank's TRPO step would be its own); "
+                "use inner_loop.outer=pg with optimizer=adam, or one process"
+            )
         steps = [None] * self.size
         self._collective("comparing the ranks' start", self.dist.all_gather_object, steps, step)
         if len(set(steps)) > 1:
