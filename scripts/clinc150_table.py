@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "clinc150")
     parser.add_argument("--baseline", action="store_true", help="also run scripts/clinc150_baseline.py")
     args = parser.parse_args()
+    args.out = args.out.resolve()  # the runs work in their own folders, so every path is absolute
     args.out.mkdir(parents=True, exist_ok=True)
     git = ["git", "describe", "--always", "--dirty"]
     commit = subprocess.run(git, cwd=ROOT, capture_output=True, text=True).stdout.strip()  # what the runs ran
@@ -60,8 +61,10 @@ def main() -> None:
             folder = args.out / name
             folder.mkdir(exist_ok=True)
             result = folder / "eval.json"
+            trained = folder / "train/metrics.json"
             if not result.is_file():
-                train_s = run(
+                train_s = json.loads(trained.read_text())["wall_time_s"] if trained.is_file() else None
+                train_s = train_s or run(
                     [
                         str(BIN / "maml-train"),
                         f"experiment={preset}",
