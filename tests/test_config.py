@@ -65,7 +65,7 @@ def test_optimizer_group(name, target):
 def test_experiment_preset_sets_the_paper_values():
     cfg = compose_train("experiment=sinusoid_maml_paper", "trainer.max_steps=5")
     assert cfg.trainer.max_steps == 5  # command-line overrides win over the preset
-    assert cfg.trainer.meta_batch_size == 25 and cfg.inner_loop.lr == 0.01
+    assert cfg.trainer.meta_batch_size == 25 and cfg.inner_loop.lr == 0.001  # the released code's alpha
 
 
 def test_misspelt_key_names_the_key():

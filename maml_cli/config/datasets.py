@@ -32,6 +32,8 @@ class SinusoidConfig(DatasetConfig):
     phase: tuple[float, float] = (0.0, math.pi)
     x_range: tuple[float, float] = (-5.0, 5.0)
     frequency: tuple[float, float] = (1.0, 1.0)  # w of A sin(w x - phase); Meta-SGD's paper: [0.8, 1.2]
+    eval_shots: int | None = None  # support points of validation/test tasks (None = shots)
+    eval_query: int | None = None  # query points of validation/test tasks (None = query)
 
 
 @dataclass

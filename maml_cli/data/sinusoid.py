@@ -4,7 +4,10 @@ Each task is ``y = A sin(w x - phi)`` with amplitude ``A ~ U[0.1, 5.0]``, phase 
 and frequency ``w = 1``; inputs are ``x ~ U[-5, 5]`` and the loss is mean squared error. The
 Meta-SGD paper (Li et al., 2017, Sec. 4.1) also draws ``w ~ U[0.8, 1.2]``: ``frequency=[0.8, 1.2]``.
 Tasks are generated directly as tensors on the training device: there is no dataset to load,
-so sampling a meta-batch is a handful of ``torch.rand`` calls.
+so sampling a meta-batch is a handful of ``torch.rand`` calls. Validation and test tasks may have
+other sizes than training tasks (``eval_shots``, ``eval_query``), as for the image datasets: the
+MAML paper trains with K = 10 and reports K = 5, and validating as one tests picks the
+checkpoint that adapts best under the test protocol.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ class SinusoidTasks:
         seed: int = 0,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        eval_shots: int | None = None,
+        eval_query: int | None = None,
     ) -> None:
         named = (("amplitude", amplitude), ("phase", phase), ("x_range", x_range), ("frequency", frequency))
         for name, bounds in named:
@@ -48,6 +53,14 @@ class SinusoidTasks:
                 raise ConfigError(f"dataset.{name} must be [low, high] with low <= high, got {list(bounds)}")
         self.shots = shots
         self.query = query
+        # Support and query sizes of the validation and test tasks (None: as in training).
+        self.eval_shots = shots if eval_shots is None else int(eval_shots)
+        self.eval_query = query if eval_query is None else int(eval_query)
+        if self.eval_shots < 1 or self.eval_query < 1:
+            raise ConfigError(
+                "dataset.eval_shots and dataset.eval_query must be at least 1, "
+                f"got {self.eval_shots} and {self.eval_query}"
+            )
         self.amplitude = (float(amplitude[0]), float(amplitude[1]))
         self.phase = (float(phase[0]), float(phase[1]))
         self.x_range = (float(x_range[0]), float(x_range[1]))
@@ -78,8 +91,11 @@ class SinusoidTasks:
             yield batch.slice(start, start + batch_size)
 
     def fixed_tasks(self, split: str, num_tasks: int) -> TaskBatch:
-        """All ``num_tasks`` held-out tasks of ``split`` at once (they are small)."""
-        return self.sample(num_tasks, self.split_generator(split))
+        """All ``num_tasks`` held-out tasks of ``split`` at once (they are small), with
+        ``eval_shots`` support and ``eval_query`` query points each."""
+        generator = self.split_generator(split)
+        parameters = self.sample_task_parameters(num_tasks, generator)
+        return self.episodes_for(*parameters, generator, shots=self.eval_shots, query=self.eval_query)
 
     # -- pieces, public for figures and tests ----------------------------------------------------
 
@@ -107,16 +123,25 @@ class SinusoidTasks:
         return amplitude * torch.sin(frequency * x - phase)
 
     def episodes_for(
-        self, amplitude: Tensor, phase: Tensor, frequency: Tensor, generator: torch.Generator
+        self,
+        amplitude: Tensor,
+        phase: Tensor,
+        frequency: Tensor,
+        generator: torch.Generator,
+        shots: int | None = None,
+        query: int | None = None,
     ) -> TaskBatch:
+        """Support and query points of the given tasks (``shots``/``query`` each; default: training's)."""
+        shots = self.shots if shots is None else shots
+        query = self.query if query is None else query
         num_tasks = amplitude.shape[0]
-        x = self._uniform((num_tasks, self.shots + self.query, 1), self.x_range, generator)
+        x = self._uniform((num_tasks, shots + query, 1), self.x_range, generator)
         y = self.curve(x, amplitude, phase, frequency)
         return TaskBatch(
-            support_x=x[:, : self.shots],
-            support_y=y[:, : self.shots],
-            query_x=x[:, self.shots :],
-            query_y=y[:, self.shots :],
+            support_x=x[:, :shots],
+            support_y=y[:, :shots],
+            query_x=x[:, shots:],
+            query_y=y[:, shots:],
         )
 
     def _uniform(self, shape: tuple[int, ...], bounds: tuple[float, float], generator) -> Tensor:
