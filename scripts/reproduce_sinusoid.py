@@ -88,7 +88,7 @@ def summary(scores: Tensor, amplitude: Tensor) -> dict:
     """Per number of steps (1, 5, 10): mean, 95% CI, median, and the unstable tasks' counts."""
     rows = summarise(scores, higher_is_better=False)
     div = diverged(scores, higher_is_better=False)
-    worse = scores > scores[:1]
+    worse = (scores > scores[:1]) | ~torch.isfinite(scores)  # NaN compares as never worse
     out = {}
     for k in TARGETS:
         row = rows[k].as_dict()

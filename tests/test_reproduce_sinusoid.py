@@ -88,9 +88,11 @@ def test_summary_counts_tasks_made_worse_and_diverged():
     scores[1:, 1] = 2.0  # worse than before, not diverged
     scores[1:, 2] = 500.0  # diverged (more than 100x)
     scores[10, 3] = math.inf
+    scores[5, 0] = math.nan  # a NaN is worse and diverged, too
     amplitude = torch.tensor([1.0, 4.5, 4.9, 3.0])
     got = rs.summary(scores, amplitude)
     assert got[1]["worse_tasks"] == 2 and got[1]["diverged_tasks"] == 1
+    assert got[5]["worse_tasks"] == 3 and got[5]["diverged_tasks"] == 2
     assert got[10]["worse_tasks"] == 3 and got[10]["diverged_tasks"] == 2
     assert [t["amplitude"] for t in got[10]["unstable"]] == [3.0, 4.9, 4.5]  # worst first, inf before 500
 
