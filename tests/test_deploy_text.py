@@ -234,24 +234,22 @@ def test_bad_text_input_is_one_line(run, task, tmp_path, capsys):
 
 
 def test_serve_takes_utterances_as_json(run, task):
-    pytest.importorskip("fastapi", reason="needs the [serve] extra: pip install 'maml-cli[serve]'")
-    from fastapi.testclient import TestClient
-
-    from maml_cli.deploy.serve import ServeSettings, create_app
+    """A real server on 127.0.0.1 (uvicorn in a thread, as tests/test_serve.py runs it)."""
+    from tests.test_serve import multipart, serving
 
     checkpoint, _, _ = run
     intents, support, query, truth = task
     meta = maml_cli.load(checkpoint)
     rows = csv_rows(support)
     queries = [r["text"] for r in csv_rows(query)]
-    with TestClient(create_app(meta, ServeSettings(workers=1))) as client:
+    with serving(meta, workers=1) as client:
         body = {"x": [r["text"] for r in rows], "y": [r["label"] for r in rows], "steps": STEPS}
-        created = client.post("/tasks", json=body)
-        assert created.status_code == 200, created.text
-        assert created.json()["classes"] == intents and created.json()["support"] == 5 * SHOTS
-        answer = client.post(f"/tasks/{created.json()['task_id']}/predict", json={"x": queries})
-        assert answer.status_code == 200, answer.text
-        predictions = answer.json()["predictions"]
+        status, created = client.json("POST", "/tasks", body)
+        assert status == 200, created
+        assert created["classes"] == intents and created["support"] == 5 * SHOTS
+        status, answer = client.json("POST", f"/tasks/{created['task_id']}/predict", {"x": queries})
+        assert status == 200, answer
+        predictions = answer["predictions"]
         # maml-adapt's predictions: the same tokens, adapted the same way (classes in another order).
         x, y, classes = read_support_folder(support, meta.inputs)
         adapted = meta.adapt(x, y, steps=STEPS, classes=classes)
@@ -261,9 +259,10 @@ def test_serve_takes_utterances_as_json(run, task):
         correct = sum(p["class"] == truth[name] for p, name in zip(predictions, truth))
         assert correct >= 0.4 * len(queries)
 
-        refused = client.post("/tasks", json={**body, "x": ["", *body["x"][1:]]})
-        assert refused.status_code == 422 and "x[0] have no words" in refused.json()["error"]
-        mixed = client.post(f"/tasks/{created.json()['task_id']}/predict", json={"x": ["hello", 3]})
-        assert mixed.status_code == 422 and "list of utterances" in mixed.json()["error"]
-        files = client.post("/tasks", files={"balance": ("a.png", b"\x89PNG")})
-        assert files.status_code == 415 and "takes utterances, not image files" in files.json()["error"]
+        status, refused = client.json("POST", "/tasks", {**body, "x": ["", *body["x"][1:]]})
+        assert status == 422 and "x[0] have no words" in refused["error"]
+        status, mixed = client.json("POST", f"/tasks/{created['task_id']}/predict", {"x": ["hello", 3]})
+        assert status == 422 and "list of utterances" in mixed["error"]
+        upload, content_type = multipart([("balance", "a.png", b"\x89PNG")])
+        status, files = client.request("POST", "/tasks", upload, {"Content-Type": content_type})
+        assert status == 415 and "takes utterances, not image files" in files["error"]

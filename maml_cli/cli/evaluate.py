@@ -225,13 +225,7 @@ def format_table(result: dict[str, Any], per_step: list[StepScore]) -> list[str]
     lines = [f"{result['episodes']} {result['split']} tasks, {data}, {what}"]
     header = ("adaptation", metric + (" (%)" if unit else ""), "95% CI", "median", "mean stable", "diverged")
     lines.append(f"{header[0]:<16}{header[1]:>14}{header[2]:>13}{header[3]:>12}{header[4]:>13}{header[5]:>10}")
-    for k in _steps_to_show(result["steps"]):
-        row = per_step[k]
-        label = "before" if k == 0 else f"after {k} step{'s' if k > 1 else ''}"
-        cells = [_number(scale * v) for v in (row.mean, row.ci95, row.median, row.mean_stable)]
-        lines.append(
-            f"{label:<16}{cells[0]:>14}{'± ' + cells[1]:>13}{cells[2]:>12}{cells[3]:>13}{row.diverged_tasks:>10}"
-        )
+    lines += _step_rows(per_step, result["steps"], scale)
     diverged = per_step[-1].diverged_tasks
     if diverged:
         lines.append(
@@ -248,13 +242,20 @@ def _baseline_lines(result: dict[str, Any], baselines) -> list[str]:
     lines = []
     for name, rows in baselines:
         lines.append(f"baseline {name}:")
-        for k in _steps_to_show(result["steps"]):
-            row = rows[k]
-            label = "  before" if k == 0 else f"  after {k} step{'s' if k > 1 else ''}"
-            cells = [_number(scale * v) for v in (row.mean, row.ci95, row.median, row.mean_stable)]
-            lines.append(
-                f"{label:<16}{cells[0]:>14}{'± ' + cells[1]:>13}{cells[2]:>12}{cells[3]:>13}{row.diverged_tasks:>10}"
-            )
+        lines += _step_rows(rows, result["steps"], scale, indent="  ")
+    return lines
+
+
+def _step_rows(per_step: list[StepScore], steps: int, scale: float, indent: str = "") -> list[str]:
+    """The table's rows: for each number of steps shown, mean, CI, median, stable mean, diverged."""
+    lines = []
+    for k in _steps_to_show(steps):
+        row = per_step[k]
+        label = indent + ("before" if k == 0 else f"after {k} step{'s' if k > 1 else ''}")
+        cells = [_number(scale * v) for v in (row.mean, row.ci95, row.median, row.mean_stable)]
+        lines.append(
+            f"{label:<16}{cells[0]:>14}{'± ' + cells[1]:>13}{cells[2]:>12}{cells[3]:>13}{row.diverged_tasks:>10}"
+        )
     return lines
 
 
