@@ -129,8 +129,9 @@ def our_errors(stderr: str) -> list[str]:
 def stopped(tmp_path_factory):
     """A ``maml-train`` job of 2 ranks stopped by a SIGTERM to torchrun: (cwd, step, stderr, exit)."""
     root = tmp_path_factory.mktemp("stopped")
-    # Stopped after its first validation (best.pt), so that metrics.json has a result to record.
-    launcher = _started(root, *RESUMED, "trainer.ckpt_every=2", ready="best.pt")
+    # Stopped mid-training after its first validation (step 3's best.pt, then step 4's last.pt), so that
+    # metrics.json has a result to record and the signal does not land in the validation's own writes.
+    launcher = _started(root, *RESUMED, "trainer.ckpt_every=2", ready=_validated_and_trained_on)
     launcher.send_signal(signal.SIGTERM)  # torchrun passes it on to every rank
     _, stderr = launcher.communicate(timeout=120)
     errors = our_errors(stderr)
@@ -245,9 +246,18 @@ def _workers(launcher: subprocess.Popen) -> dict[int, int]:
     return found
 
 
-def _started(tmp_path: Path, *overrides: str, ready: str = "last.pt") -> subprocess.Popen:
+def _validated_and_trained_on(checkpoints: Path) -> bool:
+    """A best.pt, and a last.pt written after it."""
+    best, last = checkpoints / "best.pt", checkpoints / "last.pt"
+    try:
+        return best.stat().st_mtime_ns < last.stat().st_mtime_ns
+    except FileNotFoundError:
+        return False
+
+
+def _started(tmp_path: Path, *overrides: str, ready=lambda checkpoints: (checkpoints / "last.pt").exists()):
     """A long ``maml-train`` job of 2 ranks in ``tmp_path/run``, returned once it has trained a few
-    steps (the checkpoint ``ready`` exists)."""
+    steps (``ready(checkpoints dir)``; by default once last.pt exists)."""
     launcher = maml_train(
         "trainer.meta_batch_size=4",
         "trainer.val_every=100000",
@@ -262,7 +272,7 @@ def _started(tmp_path: Path, *overrides: str, ready: str = "last.pt") -> subproc
         stderr=subprocess.PIPE,
     )
     deadline = time.time() + 180
-    while not (tmp_path / "run/checkpoints" / ready).exists():
+    while not ready(tmp_path / "run/checkpoints"):
         if launcher.poll() is not None or time.time() > deadline:
             launcher.kill()
             pytest.fail(f"the job did not start: {launcher.communicate()[1][-3000:]}")
