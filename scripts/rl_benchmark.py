@@ -130,7 +130,6 @@ def main() -> None:
         "eval.batch_size=20",
         quiet=True,
     )
-    config = json.loads((out / "maml/metrics.json").read_text())
     run_config = _run_config(out / "maml")
     tasks, rollouts = run_config["trainer"]["meta_batch_size"], run_config["dataset"]["rollouts"]
     horizon, inner = run_config["dataset"]["horizon"], run_config["inner_loop"]["steps"]
@@ -145,7 +144,7 @@ def main() -> None:
         "maml_best": maml["best"],
         "pretrained_steps": pretrained and pretrained["steps"],
         "pretrained_wall_s": pretrained and pretrained["wall_time_s"],
-        "env_steps_per_s": env_steps_per_second(config, tasks, rollouts, horizon, inner + 1),
+        "env_steps_per_s": env_steps_per_second(maml, tasks, rollouts, horizon, inner + 1),
         "sampling_env_steps_per_s": sampling_speed(run_config, out / "maml/checkpoints/best.pt"),
         "episodes": args.episodes,
         "seed": args.seed,
