@@ -59,14 +59,17 @@ def number(value: float | None, spec: str = ".3f") -> str:
     return "nan/inf" if value is None else format(value, spec)
 
 
-def maml_eval(checkpoint: Path, output: Path, run_dir: Path, *overrides: str, quiet: bool = False) -> dict:
-    """Score ``checkpoint`` on 600 test episodes (unless an override says otherwise) and return
-    the JSON written to ``output``; ``run_dir`` takes Hydra's log of the evaluation."""
+def maml_eval(
+    checkpoint: Path, output: Path, run_dir: Path, *overrides: str, quiet: bool = False, episodes: int = 600
+) -> dict:
+    """Score ``checkpoint`` on ``episodes`` test episodes (``eval.split=val`` among the overrides
+    scores validation ones) and return the JSON written to ``output``; ``run_dir`` takes Hydra's
+    log of the evaluation."""
     subprocess.run(
         [
             str(BIN / "maml-eval"),
             f"checkpoint={checkpoint}",
-            "eval.episodes=600",
+            f"eval.episodes={episodes}",
             f"eval.output={output}",
             f"hydra.run.dir={run_dir}",
             *overrides,

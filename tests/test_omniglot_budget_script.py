@@ -1,6 +1,7 @@
 """scripts/omniglot_cpu_budget.py's report on a finished (tiny) 20-way 1-shot run on the real
 Omniglot: the task's name and the paper's figure, the recipe's settings, the provenance line,
-the time-to-accuracy table and its figure, and a results.json that keeps the commit."""
+the time-to-accuracy table and its figure, the number of test steps chosen on validation
+episodes, and a results.json that keeps the commit."""
 
 from __future__ import annotations
 
@@ -70,5 +71,14 @@ def test_reuse_reports_a_finished_20_way_run(tmp_path):
     rows = [line.split() for line in text.split("val acc %", 1)[1].splitlines()[1:3]]
     assert [int(r[1]) for r in rows] == [2, 4]  # one row per validation: step 2 and step 4
     assert (out / "time_to_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the step count is chosen on 200 validation episodes, which the script scored itself
+    val = json.loads((out / "eval_val.json").read_text())
+    assert val["split"] == "val" and val["episodes"] == 200
+    chosen = max(val["per_step"], key=lambda p: (p["mean"], -p["steps"]))["steps"]
+    at = next(p for p in test["per_step"] if p["steps"] == chosen)
+    line = f"steps chosen on validation (200 episodes): {chosen} "
+    assert line in text
+    assert f"best.pt after {chosen}: {100 * at['mean']:.2f} ± {100 * at['ci95']:.2f}%" in text.split(line, 1)[1]
     saved = json.loads((out / "results.json").read_text())
+    assert saved["steps_chosen_on_validation"] == chosen and saved["test_at_chosen_steps"] == at
     assert saved["test"] == test and saved["metrics"]["steps"] == 4 and saved["commit"]
