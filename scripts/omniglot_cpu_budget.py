@@ -58,7 +58,7 @@ SETTINGS = [
 ]
 
 # What changes for the other presets, sized for the README's budgets with one thread per run and
-# two runs side by side on the 2-core CPU (1.7 s a step for 20-way 1-shot, 2.4 s for 5-way 5-shot).
+# two runs side by side on the 2-core CPU (median 1.8 s a step for 20-way 1-shot, 2.8 s for 5-way 5-shot).
 RECIPES = {
     "omniglot_20w1s": [
         "inner_loop.steps=1",  # the preset trains with 5 steps of 0.1: five times the cost a step
