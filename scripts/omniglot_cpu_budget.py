@@ -103,7 +103,8 @@ def steps_chosen_on_validation(run_dir: Path, out: Path, reuse: bool) -> tuple[i
 
 
 def plot(metrics: dict, test: dict, path: Path, title: str, paper: tuple[float, float] | None) -> None:
-    """Validation accuracy against wall-clock minutes, with the test score of best.pt and the paper's."""
+    """Validation accuracy against wall-clock minutes, with the paper's figure and the test score of
+    best.pt (``test``: one entry of maml-eval's ``per_step``, after the steps chosen on validation)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,7 +131,7 @@ def plot(metrics: dict, test: dict, path: Path, title: str, paper: tuple[float, 
         capsize=3,
         color="tab:green",
         ls="none",
-        label="test, 600 episodes (best.pt)",
+        label=f"test, 600 episodes, best.pt, {test['steps']} step(s)",
     )
     if paper is not None:
         ax.axhline(paper[0], color="black", ls="--", lw=1, label=f"paper, 60,000 GPU steps: {paper[0]}")
@@ -230,7 +231,7 @@ def main() -> None:
         print(f"paper (Finn et al., 2017, Table 1, 60,000 steps on a GPU): {paper[0]} ± {paper[1]}%")
     if args.target is not None:
         print(f"target >= {args.target:g}% (best.pt): {'met' if 100 * result['mean'] >= args.target else 'MISSED'}")
-    plot(metrics, result, args.out / "time_to_accuracy.png", f"{name}, {args.minutes:g}-minute CPU budget", paper)
+    plot(metrics, at_chosen, args.out / "time_to_accuracy.png", f"{name}, {args.minutes:g}-minute CPU budget", paper)
     summary = {
         "settings": settings,
         "commit": commit,
