@@ -119,7 +119,7 @@ def plot(metrics: dict, test: dict, path: Path, title: str, paper: tuple[float, 
         marker="o",
         capsize=3,
         color="tab:blue",
-        label="validation (held-out characters)",
+        label=f"validation after {metrics['best'].get('eval_steps', '?')} steps (held-out characters)",
     )
     best = metrics["best"]
     ax.errorbar(
