@@ -82,22 +82,18 @@ RECIPES = {
 PAPER = {(5, 1): (98.7, 0.4), (5, 5): (99.9, 0.1), (20, 1): (95.8, 0.3), (20, 5): (98.9, 0.2)}
 
 
-def evaluate(run_dir: Path, output: Path, eval_dir: Path, reuse: bool, *extra: str) -> dict:
-    """Score the run's best.pt (or, with ``eval.ensemble_top_k``, its top checkpoints) on 600 test
-    episodes; with ``reuse``, read back a score already written to ``output``."""
+def evaluate(run_dir: Path, output: Path, eval_dir: Path, reuse: bool, *extra: str, episodes: int = 600) -> dict:
+    """Score the run's best.pt (or, with ``eval.ensemble_top_k``, its top checkpoints) on
+    ``episodes`` test episodes; with ``reuse``, read back a score already written to ``output``."""
     if reuse and output.exists():
         return json.loads(output.read_text())
-    return maml_eval(run_dir / "checkpoints/best.pt", output, eval_dir, *extra)
+    return maml_eval(run_dir / "checkpoints/best.pt", output, eval_dir, *extra, episodes=episodes)
 
 
 def steps_chosen_on_validation(run_dir: Path, out: Path, reuse: bool) -> tuple[int, dict]:
     """The number of inner steps (0..eval_steps) with the best accuracy on 200 validation episodes,
     and that evaluation (kept in ``out/eval_val.json``)."""
-    output = out / "eval_val.json"
-    if reuse and output.exists():
-        val = json.loads(output.read_text())
-    else:
-        val = maml_eval(run_dir / "checkpoints/best.pt", output, out / "eval_val", "eval.split=val", episodes=200)
+    val = evaluate(run_dir, out / "eval_val.json", out / "eval_val", reuse, "eval.split=val", episodes=200)
     best = max(val["per_step"], key=lambda p: (p["mean"], -p["steps"]))  # the fewest steps among ties
     return int(best["steps"]), val
 
@@ -110,7 +106,7 @@ def plot(metrics: dict, test: dict, path: Path, title: str, paper: tuple[float, 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    history = metrics["history"]
+    history, best = metrics["history"], metrics["best"]
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
     ax.errorbar(
         [p["wall_s"] / 60 for p in history],
@@ -119,9 +115,8 @@ def plot(metrics: dict, test: dict, path: Path, title: str, paper: tuple[float, 
         marker="o",
         capsize=3,
         color="tab:blue",
-        label=f"validation after {metrics['best'].get('eval_steps', '?')} steps (held-out characters)",
+        label=f"validation after {best.get('eval_steps', '?')} steps (held-out characters)",
     )
-    best = metrics["best"]
     ax.errorbar(
         [best["wall_s"] / 60],
         [100 * test["mean"]],

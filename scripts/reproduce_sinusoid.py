@@ -47,7 +47,7 @@ from torch import Tensor
 
 from maml_cli.config.compat import upgrade_run_config
 from maml_cli.engine.build import build_run
-from maml_cli.engine.checkpoint import load_checkpoint
+from maml_cli.engine.checkpoint import load_checkpoint, write_json
 from maml_cli.engine.evaluation import diverged, summarise
 from maml_cli.engine.rng import seed_everything
 
@@ -125,7 +125,7 @@ def select_by_test_protocol(run_dir: Path, inner_lr: float | None) -> dict | Non
             .item()
             for e in entries
         }
-        cache.write_text(json.dumps(strict_json(means), indent=1) + "\n")
+        write_json(means, cache)
     best = None
     for entry in entries:
         mean = means[str(entry["step"])]
@@ -151,15 +151,6 @@ def train(seed: int, run_dir: Path, args) -> None:
     if args.inner_lr is not None:
         command.insert(2, f"inner_loop.lr={args.inner_lr}")
     subprocess.run(command, check=True)
-
-
-def strict_json(value):
-    """``value`` with NaN and infinity as None, as strict JSON (and ``maml-eval``) writes them."""
-    if isinstance(value, dict):
-        return {key: strict_json(v) for key, v in value.items()}
-    if isinstance(value, list):
-        return [strict_json(v) for v in value]
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def cell(value: float | None) -> str:
@@ -246,7 +237,7 @@ def main() -> None:
     results["targets_met_every_seed"] = met
     results["provenance"] = provenance("/".join(map(str, args.seeds)), args.threads, commit)
     name = "results.json" if args.test_inner_lr is None else f"results_test_lr{test_lr:g}.json"
-    (out / name).write_text(json.dumps(strict_json(results), indent=2) + "\n")
+    write_json(results, out / name)
     print(f"wrote {out / name}")
 
 

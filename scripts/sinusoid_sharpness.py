@@ -15,13 +15,14 @@ task's amplitude, and the trajectory of every task that ends worse than it start
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
-from reproduce_sinusoid import STEPS, TASKS, load_run, strict_json
+from reproduce_sinusoid import STEPS, TASKS, load_run
 from toolkit import provenance
 from torch.func import grad, jvp, vmap
+
+from maml_cli.engine.checkpoint import write_json
 
 
 def sharpness_trajectories(checkpoint: Path, inner_lr: float | None = None, tasks: int = TASKS, iters: int = 40):
@@ -122,7 +123,7 @@ def main() -> None:
         for path in args.checkpoints
     }
     if args.out:
-        args.out.write_text(json.dumps(strict_json(summaries), indent=2) + "\n")
+        write_json(summaries, args.out)
         print(f"wrote {args.out}")
 
 
